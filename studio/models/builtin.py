@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,9 @@ def materialize(name: str, directory: str | Path, *, force: bool = False) -> Pat
         raise ModelLoadError(f"{target} already exists and is not empty; choose a new folder or pass --force.")
     if target.exists() and not any(target.iterdir()):
         target.rmdir()
+    source = builtin_path(model.name)
     with atomic_dir(target, replace=force) as tmp:
-        model.build(tmp)
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
     return target
 
 
@@ -82,5 +84,6 @@ def builtin_path(name: str) -> Path:
     with open(root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
-            materialize(name, target)
+            with atomic_dir(target) as tmp:
+                model.build(tmp)
     return target
