@@ -19,7 +19,8 @@ class StableDiffusionFamily(ModelFamily):
 
     def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:
         (encoder,) = self.text_encoders(components)
-        return PromptEmbedding(encoder(token_ids[0].to(encoder.device))[0])
+        device = next(encoder.parameters()).device
+        return PromptEmbedding(encoder(token_ids[0].to(device))[0])
 
     def unet_kwargs(self, embedding: PromptEmbedding, resolution: int) -> dict[str, Any]:
         return {"encoder_hidden_states": embedding.hidden}

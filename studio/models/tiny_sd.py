@@ -93,7 +93,7 @@ def build_tiny_sd(directory: Path) -> None:
     tokenizer_dir = directory / "_tokenizer_build"
     write_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    scheduler = PNDMScheduler(**SD1_SCHEDULER)
+    scheduler = PNDMScheduler.from_config(SD1_SCHEDULER)
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,

@@ -1,0 +1,432 @@
+"""The one training loop, shared by every method, on Accelerate.
+
+Data, caches, noise, loss (with prior preservation), optimizer, checkpoints and resume, samples and
+events live here once; ``trainers/lora.py`` etc. only say what trains and how it is saved.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from studio.atomic import atomic_dir, write_json
+from studio.config import read_config, save_config
+from studio.errors import ConfigError, StudioError
+from studio.settings import TrainConfig
+from studio.subjects import load_subject
+from trainers import checkpoints, objectives
+from trainers.data import LatentSource, load_image_tensors, sample_indices
+from trainers.events import EventLog
+from trainers.method import Method
+from trainers.prior import class_images
+from trainers.samples import SAMPLES_DIR, default_sample_prompts, render_samples
+
+CANCEL_FILE = "cancel.request"
+RESULT_FILE = "result.json"
+SUBJECT_DIR = "subject"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingCancelled(StudioError):
+    """Training stopped on request; a resumable checkpoint was written."""
+
+
+class TrainingFailed(StudioError):
+    """Training stopped on an error; the run directory records why."""
+
+
+def frozen_dtype(config: TrainConfig) -> torch.dtype:
+    if config.frozen_weights_dtype != "auto":
+        return DTYPES[config.frozen_weights_dtype]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Let a worker's SIGTERM stop training like Ctrl-C: checkpoint, record 'cancelled', exit."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Trainer:
+    """Runs ``method`` on a subject and writes the run directory."""
+
+    def __init__(self, method_class: type[Method], config: TrainConfig, run_dir: Path, *, listener=None, show_progress: bool = False):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.show_progress = show_progress
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision if torch.cuda.is_available() else "no")
+        self.events = EventLog(self.run_dir, enabled=self.accelerator.is_main_process, listener=listener)
+        self.method_class = method_class
+        self.step = 0
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from diffusers import DDPMScheduler
+
+        from studio.models import load_base
+
+        config, accelerator = self.config, self.accelerator
+        torch.manual_seed(config.seed)
+        self.device = accelerator.device
+        self.subject = load_subject(self.run_dir / SUBJECT_DIR)
+        if not self.subject.image_paths:
+            raise ConfigError(f"The subject in {self.run_dir / SUBJECT_DIR} has no images; prepare it again with `studio prepare`.")
+        self.base = load_base(config.base)
+        self.family = self.base.family
+        self.noise_scheduler = DDPMScheduler.from_config(self.base.pipeline.scheduler.config)
+        self.class_paths: list[Path] = []
+        if config.prior_preservation:
+            prompt = (config.class_prompt or self.subject.class_prompt or "").strip()
+            if not prompt:
+                raise ConfigError("prior_preservation is on but the class prompt is empty; set class_prompt or the subject's class noun.")
+            self.class_prompt = prompt
+            with accelerator.main_process_first():
+                self.class_paths = class_images(
+                    self.base, prompt, config.num_class_images, resolution=config.resolution,
+                    steps=config.class_image_steps, guidance=config.class_image_guidance,
+                    show_progress=self.show_progress and accelerator.is_main_process,
+                )
+        self.method = self.method_class(config, self.base, self.subject)
+        self.method.setup()
+        self.components = self.method.components
+        self._place_modules()
+        self._build_caches()
+        self._build_optimizer()
+
+    def _place_modules(self) -> None:
+        dtype = frozen_dtype(self.config)
+        trainable = self.method.trainable_modules()
+        for name, module in self.components.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            has_trainable = any(p.requires_grad for p in module.parameters())
+            if not has_trainable:
+                module.to(self.device, dtype=dtype)
+            elif not self.method.reduced_frozen_params_ok:
+                module.to(self.device, dtype=torch.float32)
+            else:  # trainable tensors stay fp32; the frozen ones beside them may be reduced (LoRA)
+                for param in module.parameters():
+                    param.data = param.data.to(self.device, torch.float32 if param.requires_grad else dtype)
+                for buffer in module.buffers():
+                    buffer.data = buffer.data.to(self.device)
+            module.train(name in trainable)
+        if self.config.gradient_checkpointing:  # every method backpropagates through the UNet
+            self.components["unet"].enable_gradient_checkpointing()
+            if self.method.text_encoder_trains():
+                for encoder in self.family.text_encoders(self.components):
+                    encoder.gradient_checkpointing_enable()
+
+    def _build_caches(self) -> None:
+        config = self.config
+        vae = self.components["vae"]
+        compute_dtype = frozen_dtype(config)
+        instance = load_image_tensors(self.subject.image_paths, config.resolution)
+        images = torch.cat([instance, load_image_tensors(self.class_paths, config.resolution)]) if self.class_paths else instance
+        self.instance_count = len(instance)
+        self.latents = LatentSource(vae, images, cache=config.cache_latents, random_flip=config.random_flip, device=self.device, dtype=compute_dtype)
+        self.prompts = [self.method.instance_prompt()] + ([self.class_prompt] if self.class_paths else [])
+        self.cached_embeddings = None
+        if config.cache_text_embeddings and not self.method.text_encoder_trains():
+            with torch.no_grad():
+                self.cached_embeddings = self.family.encode_prompts(self.components, self.prompts, self.device)
+        self.sample_prompts = config.sample_prompts or default_sample_prompts(
+            self.method.instance_prompt(), self.subject.class_noun, self.method.token
+        )
+
+    def _release_unneeded(self) -> None:
+        """After caching, modules the step no longer needs leave training memory: moved to the CPU on a
+        GPU; on the CPU dropped altogether when no sample will need them (reloaded to save a model)."""
+        needed_for_step = set()
+        if self.latents.needs_vae:
+            needed_for_step.add("vae")
+        if self.cached_embeddings is None:
+            needed_for_step.update(self.family.text_encoder_names)
+        self.released: list[str] = []
+        for name in ("vae", *self.family.text_encoder_names):
+            if name in needed_for_step or name not in self.components:
+                continue
+            if self.device.type == "cuda":
+                self.components[name].to("cpu")
+            elif self.config.sample_every == 0:
+                setattr(self.base.pipeline, name, None)
+                del self.components[name]
+                if name == "vae":
+                    self.latents.vae = None
+            else:
+                continue
+            self.released.append(name)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @contextmanager
+    def _sampling_modules(self):
+        moved = [n for n in getattr(self, "released", []) if n in self.components and self.device.type == "cuda"]
+        for name in moved:
+            self.components[name].to(self.device)
+        try:
+            yield
+        finally:
+            for name in moved:
+                self.components[name].to("cpu")
+
+    def _build_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        config = self.config
+        groups = self.method.parameter_groups()
+        if not groups:
+            raise ConfigError(f"method={config.method} left nothing to train; check lora_target_modules.")
+        decay = 0.0 if config.method == "textual_inversion" else config.weight_decay
+        for group in groups:
+            group.setdefault("weight_decay", decay)
+        if config.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError as error:
+                raise ConfigError("optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes, or use optimizer=adamw.") from error
+            self.optimizer = bnb.optim.AdamW8bit(groups, lr=config.learning_rate)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps
+        )
+        trainable = self.method.trainable_modules()
+        names = list(trainable)
+        prepared = self.accelerator.prepare(*trainable.values(), self.optimizer)
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.models = dict(zip(names, prepared[:-1], strict=True))
+        self.optimizer = prepared[-1]
+        self.unet_forward = self.models.get("unet", self.components["unet"])
+        if config.torch_compile:
+            self.unet_forward = torch.compile(self.unet_forward)
+        self.generator = torch.Generator().manual_seed(config.seed + 1_000 * self.accelerator.process_index)
+
+    # ------------------------------------------------------------------ one step
+    def _embeddings(self, instance_rows: int, class_rows: int):
+        from studio.families import PromptEmbedding
+
+        rows = [0] * instance_rows + [1] * class_rows
+        if self.cached_embeddings is not None:
+            return self.cached_embeddings.select(rows)
+        components = dict(self.components) | {n: m for n, m in self.models.items() if n.startswith("text_encoder")}
+        ids = [t[rows] for t in self.family.tokenize(components, self.prompts)]
+        embedding: PromptEmbedding = self.family.encode(components, ids)
+        return embedding
+
+    def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        config, accelerator = self.config, self.accelerator
+        position = step * config.gradient_accumulation_steps + micro
+        world, rank = accelerator.num_processes, accelerator.process_index
+        indices = sample_indices(position, config.batch_size, self.instance_count, config.seed, 0, rank, world)
+        class_count = len(self.class_paths)
+        if class_count:
+            indices += [self.instance_count + i for i in sample_indices(position, config.batch_size, class_count, config.seed, 1, rank, world)]
+        latents = self.latents.latents(indices, self.generator)
+        noise = objectives.draw_noise(latents, self.generator, config.noise_offset)
+        timesteps = objectives.draw_timesteps(len(indices), self.noise_scheduler, self.generator, latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = objectives.prediction_target(self.noise_scheduler, latents, noise, timesteps)
+        embedding = self._embeddings(config.batch_size, len(indices) - config.batch_size)
+        unet_dtype = self.components["unet"].dtype
+        with accelerator.autocast():
+            prediction = self.unet_forward(
+                noisy.to(unet_dtype), timesteps,
+                **self.family.unet_kwargs(embedding.to(dtype=unet_dtype), config.resolution),
+            ).sample
+        weights = objectives.min_snr_weights(self.noise_scheduler, timesteps, config.min_snr_gamma) if config.min_snr_gamma else None
+        return objectives.diffusion_loss(
+            prediction, target, weights=weights, instance_count=config.batch_size, prior_loss_weight=config.prior_loss_weight
+        )
+
+    def _optimizer_step(self, step: int) -> torch.Tensor:
+        config, accelerator = self.config, self.accelerator
+        total = torch.zeros((), device=self.device)
+        for micro in range(config.gradient_accumulation_steps):
+            last = micro == config.gradient_accumulation_steps - 1
+            sync = nullcontext() if last else accelerator.no_sync(*self.models.values())
+            with sync:
+                loss, _, _ = self._micro_step(step, micro)
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            total += loss.detach() / config.gradient_accumulation_steps
+        if config.max_grad_norm:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_optimizer_step()
+        return total
+
+    # ------------------------------------------------------------------ checkpoints, samples
+    def _state(self) -> checkpoints.TrainingState:
+        return checkpoints.TrainingState(
+            step=self.step,
+            trainable={k: v.cpu() for k, v in self.method.trainable_state().items()},
+            optimizer=self.optimizer.state_dict(),
+            lr_scheduler={k: v for k, v in self.lr_scheduler.state_dict().items() if k != "lr_lambdas"},
+            generator=self.generator.get_state(),
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        )
+
+    def _checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            path = checkpoints.save_checkpoint(self.run_dir, self._state(), self.config.checkpoints_to_keep)
+            self.events.emit("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
+        self.accelerator.wait_for_everyone()
+
+    def _restore(self, directory: Path) -> None:
+        state = checkpoints.load_checkpoint(directory)
+        self.method.load_trainable_state(state.trainable)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_scheduler.load_state_dict(state.lr_scheduler | {"lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        self.generator.set_state(state.generator)
+        torch.set_rng_state(state.torch_rng)
+        if state.cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.cuda_rng)
+        self.step = state.step
+
+    def _sample(self) -> None:
+        config = self.config
+        if not config.sample_every or not self.accelerator.is_main_process:
+            return
+        directory = self.run_dir / SAMPLES_DIR / f"step-{self.step:06d}"
+        unet = self.components["unet"]
+        was_training = unet.training
+        unet.eval()
+        with self._sampling_modules(), self.accelerator.autocast():
+            paths = render_samples(
+                self.base.pipeline, self.sample_prompts, seed=config.seed, steps=config.sample_steps,
+                guidance=config.sample_guidance, resolution=config.resolution, directory=directory,
+            )
+        unet.train(was_training)
+        self.events.emit("sample", step=self.step, paths=[str(p.relative_to(self.run_dir)) for p in paths], prompts=self.sample_prompts)
+
+    def _cancel_requested(self) -> bool:
+        return (self.run_dir / CANCEL_FILE).exists()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        try:
+            with sigterm_as_interrupt():
+                return self._run(resume)
+        except KeyboardInterrupt:
+            self._on_cancel()
+            raise TrainingCancelled(f"Training cancelled at step {self.step}; resume with `studio train --resume {self.run_dir}`.") from None
+        except TrainingCancelled:
+            raise
+        except torch.OutOfMemoryError as error:
+            message = (
+                f"Out of memory at step {self.step} ({error}). Try gradient_checkpointing=true, optimizer=adamw8bit, "
+                "mixed_precision=bf16, a smaller batch_size or resolution."
+            )
+            self.events.emit("failed", step=self.step, reason=message)
+            raise TrainingFailed(message) from error
+        except Exception as error:
+            self.events.emit("failed", step=self.step, reason=f"{type(error).__name__}: {error}")
+            if isinstance(error, StudioError):
+                raise
+            raise TrainingFailed(f"Training failed at step {self.step}: {type(error).__name__}: {error}") from error
+
+    def _on_cancel(self) -> None:
+        (self.run_dir / CANCEL_FILE).unlink(missing_ok=True)
+        if getattr(self, "optimizer", None) is not None and self.step > 0:
+            last = checkpoints.latest_checkpoint(self.run_dir)
+            if last is None or last.name != f"step-{self.step:06d}":
+                self._checkpoint()
+        self.events.emit("cancelled", step=self.step, reason="cancelled by the user")
+
+    def _run(self, resume: bool) -> dict[str, Any]:
+        config = self.config
+        self._setup()
+        if resume:
+            last = checkpoints.latest_checkpoint(self.run_dir)
+            if last is not None:
+                self._restore(last)
+            self.events.emit("resumed", step=self.step, total=config.steps, checkpoint=str(last) if last else None)
+        else:
+            self.events.emit("started", step=0, total=config.steps, method=config.method, base=config.base)
+        if self.step == 0:
+            self._sample()
+        self._release_unneeded()
+        start_step, started = self.step, time.perf_counter()
+        while self.step < config.steps:
+            if self._cancel_requested():
+                raise KeyboardInterrupt
+            loss = self._optimizer_step(self.step)
+            self.step += 1
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                elapsed = time.perf_counter() - started
+                rate = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
+                value = float(self.accelerator.reduce(loss, "mean").item())
+                if not math.isfinite(value):
+                    raise TrainingFailed(f"Loss became {value} at step {self.step}; lower learning_rate or use mixed_precision=no.")
+                self.events.emit(
+                    "step", step=self.step, total=config.steps, loss=value, lr=self.lr_scheduler.get_last_lr()[0],
+                    it_s=round(rate, 4), eta_s=round((config.steps - self.step) / rate, 1) if rate else None,
+                )
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
+                self._checkpoint()
+            if config.sample_every and self.step % config.sample_every == 0:
+                self._sample()
+        return self._finish()
+
+    def _finish(self) -> dict[str, Any]:
+        self.accelerator.wait_for_everyone()
+        result: dict[str, Any] = {}
+        if self.accelerator.is_main_process:
+            target = self.run_dir / self.method.artifact
+            with atomic_dir(target, replace=True) as tmp:
+                extras = self.method.save_result(tmp)
+            result = {
+                "method": self.config.method, "base": self.config.base, "artifact": self.method.artifact,
+                "token": self.method.token, "instance_prompt": self.method.instance_prompt(),
+                "class_noun": self.subject.class_noun, "steps": self.step, "family": self.family.name, **extras,
+            }
+            write_json(self.run_dir / RESULT_FILE, result)
+            self.events.emit("finished", step=self.step, artifact=self.method.artifact)
+        self.accelerator.wait_for_everyone()
+        return result
+
+
+def prepare_run_dir(config: TrainConfig, subject_dir: Path, run_dir: Path) -> None:
+    """Create a new run directory: resolved config and a copy of the subject."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"Run directory {run_dir} already exists and is not empty; choose another --out, or --resume it.")
+    subject = load_subject(subject_dir)
+    if not subject.image_paths:
+        raise ConfigError(f"Subject {subject_dir} has no images; run `studio prepare` on 1-20 photos.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(subject.directory, run_dir / SUBJECT_DIR, dirs_exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml).")
+    return read_config(path)

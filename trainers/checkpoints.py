@@ -1,0 +1,72 @@
+"""Resumable checkpoints: trainable weights, optimizer, LR schedule, RNG and step, without pickle.
+
+Each checkpoint is written to a temporary folder and renamed to ``checkpoints/step-NNNNNN`` when
+complete; only the last K are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from studio.atomic import atomic_dir, save_safetensors, write_json
+from studio.statedict import load_state, save_state
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and not p.name.startswith("."))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    return found[-1] if found else None
+
+
+@dataclass
+class TrainingState:
+    step: int
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    lr_scheduler: dict
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] | None = None
+
+
+def save_checkpoint(run_dir: Path, state: TrainingState, keep: int) -> Path:
+    target = Path(run_dir) / CHECKPOINTS_DIR / f"step-{state.step:06d}"
+    with atomic_dir(target, replace=True) as tmp:
+        save_safetensors(state.trainable, tmp / "trainable.safetensors")
+        save_state(state.optimizer, tmp, "optimizer")
+        save_state(
+            {"generator": state.generator, "torch": state.torch_rng, "cuda": state.cuda_rng or []}, tmp, "rng"
+        )
+        write_json(tmp / "trainer.json", {"step": state.step, "lr_scheduler": state.lr_scheduler})
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(directory: Path) -> TrainingState:
+    import json
+
+    trainer = json.loads((directory / "trainer.json").read_text())
+    rng = load_state(directory, "rng")
+    return TrainingState(
+        step=int(trainer["step"]),
+        trainable=load_file(str(directory / "trainable.safetensors")),
+        optimizer=load_state(directory, "optimizer"),
+        lr_scheduler=trainer["lr_scheduler"],
+        generator=rng["generator"],
+        torch_rng=rng["torch"],
+        cuda_rng=rng["cuda"] or None,
+    )

@@ -1,0 +1,91 @@
+"""Training data: images as tensors, deterministic batch order, and the latent cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.images import fit_square
+
+
+def load_image_tensors(paths: list[Path], resolution: int) -> torch.Tensor:
+    """Images as a float tensor [N, 3, H, W] in [-1, 1] at ``resolution`` (center-cropped if needed)."""
+    tensors = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (resolution, resolution):
+                image = fit_square(image, resolution, "center")
+            array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        tensors.append(torch.from_numpy(array).permute(2, 0, 1))
+    return torch.stack(tensors)
+
+
+def sample_indices(step: int, batch: int, count: int, seed: int, stream: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Which items step ``step`` uses: epoch-wise permutations derived from the step number alone,
+    so resuming at any step continues the exact same data order without saving a sampler."""
+    global_batch = batch * world
+    first = step * global_batch + rank * batch
+    indices = []
+    for position in range(first, first + batch):
+        epoch, offset = divmod(position, count)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + stream * 7_919 + epoch)
+        indices.append(int(torch.randperm(count, generator=generator)[offset]))
+    return indices
+
+
+class LatentSource:
+    """VAE latents for the training images, encoded once (the fast path) or every step.
+
+    The cache keeps each image's posterior mean and std (for both orientations when random flips
+    are on), so a cached step still draws a fresh latent sample exactly as re-encoding would.
+    """
+
+    def __init__(self, vae, images: torch.Tensor, *, cache: bool, random_flip: bool, device, dtype):
+        self.vae = vae
+        self.images = images
+        self.random_flip = random_flip
+        self.device = device
+        self.dtype = dtype
+        self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        if cache:
+            self.cached = self._encode_all()
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(images.to(self.device, dtype=self.vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    def _encode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        means, stds = [], []
+        variants = [self.images, self.images.flip(-1)] if self.random_flip else [self.images]
+        for variant in variants:
+            for chunk in variant.split(4):
+                mean, std = self._encode(chunk)
+                means.append(mean)
+                stds.append(std)
+        return torch.cat(means), torch.cat(stds)
+
+    def latents(self, indices: list[int], generator: torch.Generator) -> torch.Tensor:
+        count = len(self.images)
+        flips = (
+            torch.rand(len(indices), generator=generator) < 0.5 if self.random_flip else torch.zeros(len(indices), dtype=torch.bool)
+        )
+        if self.cached is not None:
+            rows = [i + count * int(f) for i, f in zip(indices, flips, strict=True)]
+            mean, std = self.cached[0][rows], self.cached[1][rows]
+        else:
+            batch = self.images[indices]
+            batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
+            mean, std = self._encode(batch)
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        return ((mean + std * noise - self.shift) * self.scaling).to(self.dtype)
+
+    @property
+    def needs_vae(self) -> bool:
+        return self.cached is None

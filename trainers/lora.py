@@ -1,0 +1,60 @@
+"""LoRA: low-rank adapters (peft) on the UNet's attention projections, optionally the text encoder(s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers.method import Method
+
+
+class LoRAMethod(Method):
+    name = "lora"
+    artifact = "adapter"
+    reduced_frozen_params_ok = True
+
+    def _lora_config(self, targets: list[str]):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=targets,
+            init_lora_weights="gaussian",
+        )
+
+    def setup(self) -> None:
+        for module in self.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
+        self.components["unet"].add_adapter(self._lora_config(self.config.lora_target_modules))
+        if self.config.train_text_encoder:
+            for encoder in self.family.text_encoders(self.components):
+                encoder.add_adapter(self._lora_config(self.config.lora_text_encoder_target_modules))
+
+    def text_encoder_trains(self) -> bool:
+        return self.config.train_text_encoder
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        modules = {"unet": self.components["unet"]}
+        if self.config.train_text_encoder:
+            modules |= {name: self.components[name] for name in self.family.text_encoder_names}
+        return modules
+
+    def adapter_metadata(self, targets: list[str]) -> dict[str, Any]:
+        return {"r": self.config.lora_rank, "lora_alpha": self.config.lora_alpha, "target_modules": targets}
+
+    def save_result(self, directory: Path) -> dict[str, Any]:
+        from studio.lora_files import save_diffusers_lora
+
+        files = save_diffusers_lora(
+            self.components, self.family, directory,
+            unet_metadata=self.adapter_metadata(self.config.lora_target_modules),
+            text_encoder_metadata=self.adapter_metadata(self.config.lora_text_encoder_target_modules)
+            if self.config.train_text_encoder else None,
+        )
+        return {"files": files, "lora_rank": self.config.lora_rank, "lora_alpha": self.config.lora_alpha,
+                "text_encoder_trained": self.config.train_text_encoder}

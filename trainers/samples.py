@@ -1,0 +1,35 @@
+"""Validation samples: fixed prompts at a fixed seed, so a person sees training move."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from studio.atomic import atomic_dir
+
+SAMPLES_DIR = "samples"
+
+
+@torch.no_grad()
+def render_samples(
+    pipeline, prompts: list[str], *, seed: int, steps: int, guidance: float, resolution: int, directory: Path
+) -> list[Path]:
+    """Render one image per prompt into ``directory`` (atomically); returns the image paths."""
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        prompt=prompts,
+        height=resolution,
+        width=resolution,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=[torch.Generator().manual_seed(seed) for _ in prompts],
+    ).images
+    with atomic_dir(directory, replace=True) as tmp:
+        for index, image in enumerate(images):
+            image.save(tmp / f"{index:02d}.png")
+    return [directory / f"{index:02d}.png" for index in range(len(images))]
+
+
+def default_sample_prompts(instance_prompt: str, class_noun: str, token: str) -> list[str]:
+    return [instance_prompt, f"a {token} {class_noun} on the beach"]

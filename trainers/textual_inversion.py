@@ -1,0 +1,99 @@
+"""Textual inversion: new placeholder token(s) whose embedding rows are the only thing that changes.
+
+Every other row of every embedding matrix is restored bitwise after each optimizer step, so the rest
+of the vocabulary provably stays as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from studio.errors import ConfigError
+from trainers.method import Method
+
+EMBEDDINGS_FILE = "learned_embeds.safetensors"
+
+
+class TextualInversionMethod(Method):
+    name = "textual_inversion"
+    artifact = "adapter"
+
+    @property
+    def placeholder_tokens(self) -> list[str]:
+        first = f"<{self.subject.identifier}>"
+        return [first] + [f"{first}_{i}" for i in range(1, self.config.num_vectors)]
+
+    @property
+    def token(self) -> str:
+        return self.placeholder_tokens[0]
+
+    def instance_prompt(self) -> str:
+        pattern = rf"(?<!\S){re.escape(self.subject.identifier)}(?!\S)"
+        prompt, count = re.subn(pattern, " ".join(self.placeholder_tokens).replace("\\", "\\\\"), self.subject.instance_prompt)
+        return prompt if count else f"{' '.join(self.placeholder_tokens)} {self.subject.instance_prompt}"
+
+    def setup(self) -> None:
+        for module in self.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
+        initializer = self.config.initializer_token or self.subject.class_noun
+        self.token_ids: dict[str, list[int]] = {}
+        self.original_rows: dict[str, torch.Tensor] = {}
+        for tokenizer_name, encoder_name in zip(self.family.tokenizer_names, self.family.text_encoder_names, strict=True):
+            tokenizer, encoder = self.components[tokenizer_name], self.components[encoder_name]
+            init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
+            if not init_ids:
+                raise ConfigError(f"initializer_token '{initializer}' tokenizes to nothing; choose a word such as the class noun.")
+            added = tokenizer.add_tokens(self.placeholder_tokens)
+            if added != len(self.placeholder_tokens):
+                raise ConfigError(
+                    f"The tokenizer already knows one of {self.placeholder_tokens}; choose another identifier."
+                )
+            encoder.resize_token_embeddings(len(tokenizer))
+            ids = tokenizer.convert_tokens_to_ids(self.placeholder_tokens)
+            weight = encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                start = weight[init_ids].mean(dim=0)
+                for token_id in ids:
+                    weight[token_id] = start
+            weight.requires_grad_(True)
+            self.token_ids[encoder_name] = ids
+            self.original_rows[encoder_name] = weight.detach().clone()
+
+    def text_encoder_trains(self) -> bool:
+        return True
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {name: self.components[name] for name in self.family.text_encoder_names}
+
+    def after_optimizer_step(self) -> None:
+        for name, ids in self.token_ids.items():
+            weight = self.components[name].get_input_embeddings().weight
+            keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+            keep[ids] = False
+            original = self.original_rows[name].to(weight.device)
+            with torch.no_grad():
+                weight[keep] = original[keep]
+
+    def learned_embeddings(self) -> dict[str, torch.Tensor]:
+        """Per text encoder, the [num_vectors, dim] learned rows."""
+        return {
+            name: self.components[name].get_input_embeddings().weight[ids].detach().float().cpu()
+            for name, ids in self.token_ids.items()
+        }
+
+    def save_result(self, directory: Path) -> dict[str, Any]:
+        from studio.atomic import save_safetensors
+
+        learned = self.learned_embeddings()
+        if len(learned) == 1:  # diffusers' format: {placeholder: [n, dim]}
+            save_safetensors({self.token: next(iter(learned.values()))}, directory / EMBEDDINGS_FILE)
+        else:  # one file per encoder for families with several encoders
+            for name, rows in learned.items():
+                save_safetensors({self.token: rows}, directory / f"learned_embeds_{name}.safetensors")
+        return {"placeholder_tokens": self.placeholder_tokens, "num_vectors": self.config.num_vectors,
+                "files": sorted(p.name for p in directory.iterdir())}
