@@ -150,9 +150,9 @@ class Trainer:
         if config.cache_text_embeddings and not self.method.text_encoder_trains():
             with torch.no_grad():
                 self.cached_embeddings = self.family.encode_prompts(self.components, self.prompts, self.device)
-        self.sample_prompts = config.sample_prompts or default_sample_prompts(
-            self.method.instance_prompt(), self.subject.class_noun, self.method.token
-        )
+        self.sample_prompts = [
+            self.method.pipeline_prompt(p) for p in config.sample_prompts or default_sample_prompts(self.subject)
+        ]
 
     def _release_unneeded(self) -> None:
         """After caching, modules the step no longer needs leave training memory: moved to the CPU on a

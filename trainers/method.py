@@ -63,7 +63,12 @@ class Method(ABC):
         return self.subject.identifier
 
     def instance_prompt(self) -> str:
+        """The instance prompt as the trainer tokenizes it."""
         return self.subject.instance_prompt
+
+    def pipeline_prompt(self, prompt_with_identifier: str) -> str:
+        """A prompt as a user types it into a pipeline (TI's multi-vector token expands there)."""
+        return prompt_with_identifier
 
     # --- hooks ---------------------------------------------------------------------------------
     def after_optimizer_step(self) -> None:  # noqa: B027 - optional hook

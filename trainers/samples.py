@@ -31,5 +31,6 @@ def render_samples(
     return [directory / f"{index:02d}.png" for index in range(len(images))]
 
 
-def default_sample_prompts(instance_prompt: str, class_noun: str, token: str) -> list[str]:
-    return [instance_prompt, f"a {token} {class_noun} on the beach"]
+def default_sample_prompts(subject) -> list[str]:
+    """The instance prompt and the subject in a new context (shows identity and editability)."""
+    return [subject.instance_prompt, f"a {subject.identifier} {subject.class_noun} on the beach"]

@@ -31,10 +31,16 @@ class TextualInversionMethod(Method):
     def token(self) -> str:
         return self.placeholder_tokens[0]
 
-    def instance_prompt(self) -> str:
+    def _with_tokens(self, prompt: str, tokens: str) -> str:
         pattern = rf"(?<!\S){re.escape(self.subject.identifier)}(?!\S)"
-        prompt, count = re.subn(pattern, " ".join(self.placeholder_tokens).replace("\\", "\\\\"), self.subject.instance_prompt)
-        return prompt if count else f"{' '.join(self.placeholder_tokens)} {self.subject.instance_prompt}"
+        replaced, count = re.subn(pattern, lambda _: tokens, prompt)
+        return replaced if count else f"{tokens} {prompt}"
+
+    def instance_prompt(self) -> str:
+        return self._with_tokens(self.subject.instance_prompt, " ".join(self.placeholder_tokens))
+
+    def pipeline_prompt(self, prompt_with_identifier: str) -> str:
+        return self._with_tokens(prompt_with_identifier, self.token)
 
     def setup(self) -> None:
         for module in self.components.values():
@@ -53,7 +59,7 @@ class TextualInversionMethod(Method):
                 raise ConfigError(
                     f"The tokenizer already knows one of {self.placeholder_tokens}; choose another identifier."
                 )
-            encoder.resize_token_embeddings(len(tokenizer))
+            encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             ids = tokenizer.convert_tokens_to_ids(self.placeholder_tokens)
             weight = encoder.get_input_embeddings().weight
             with torch.no_grad():
