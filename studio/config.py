@@ -123,6 +123,8 @@ def check_consistency(config: TrainConfig) -> None:
         )
     if config.lr_warmup_steps > config.steps and config.lr_scheduler != "constant":
         raise ConfigError(f"lr_warmup_steps={config.lr_warmup_steps} exceeds steps={config.steps}.")
+    if config.prior_preservation and config.class_prompt is not None and not config.class_prompt.strip():
+        raise ConfigError("prior_preservation is on but class_prompt is empty; give a class prompt such as 'a dog' or leave it unset to use the subject's.")
     if config.method == "textual_inversion" and config.prior_preservation:
         raise ConfigError("prior_preservation is for lora and dreambooth; textual inversion does not use it. Set it to false.")
 

@@ -7,6 +7,7 @@ events live here once; ``trainers/lora.py`` etc. only say what trains and how it
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import shutil
 import signal
@@ -394,8 +395,21 @@ class Trainer:
                 self._sample()
         return self._finish()
 
+    def _record_replica(self) -> None:
+        """With several processes, each records a checksum of its trainable weights: they must agree."""
+        if self.accelerator.num_processes == 1:
+            return
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.method.trainable_state().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        (self.run_dir / "replicas").mkdir(exist_ok=True)
+        write_json(self.run_dir / "replicas" / f"rank-{self.accelerator.process_index}.json",
+                   {"rank": self.accelerator.process_index, "sha256": digest.hexdigest(), "step": self.step})
+
     def _finish(self) -> dict[str, Any]:
         self.accelerator.wait_for_everyone()
+        self._record_replica()
         result: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             target = self.run_dir / self.method.artifact

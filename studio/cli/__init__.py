@@ -12,6 +12,11 @@ from studio.errors import StudioError
 COMMAND_MODULES = [
     "studio.cli.models_cmd",
     "studio.cli.prepare_cmd",
+    "studio.cli.train_cmd",
+    "studio.cli.demo_cmd",
+    "studio.cli.eval_cmd",
+    "studio.cli.jobs_cmd",
+    "studio.cli.webui_cmd",
 ]
 
 

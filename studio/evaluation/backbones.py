@@ -9,7 +9,6 @@ transformers 4 and 5), after Studio's own explicit preprocessing.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,11 @@ import torch
 from PIL import Image
 
 from studio.errors import ModelLoadError
+from studio.evaluation.defaults import DEFAULT_CLIP, DEFAULT_DINO
 from studio.evaluation.preprocessing import Transform, clip_transform, dino_transform
 from studio.models.builtin import builtin_path, builtins, get_builtin
 from studio.models.loader import HUB_ID, hub_offline
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-DEFAULT_DINO = "facebook/dino-vits16"
 _TINY = {"clip": "tiny-clip", "dino": "tiny-dino"}
 _FLAG = {"clip": "--clip", "dino": "--dino"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -179,8 +177,3 @@ def load_clip(ref: str = DEFAULT_CLIP, **kwargs: Any) -> Backbone:
 def load_dino(ref: str = DEFAULT_DINO, **kwargs: Any) -> Backbone:
     """DINO backbone; the default is the paper's DINO ViT-S/16, ``facebook/dino-vits16``."""
     return load_backbone("dino", ref, **kwargs)
-
-
-def backbone_ids(*backbones: Backbone) -> str:
-    """A short stable string naming the backbones' exact weights (for logs and cache keys)."""
-    return json.dumps([b.fingerprint for b in backbones])

@@ -49,6 +49,8 @@ def _setting(config: Any, name: str, default: Any = None) -> Any:
 
 def _load_finished_run(run_dir: Path) -> Any:
     run = _runs_api().load_run(run_dir)
+    if hasattr(run, "require_finished"):
+        run.require_finished()  # raises the run module's own error, which names the resume command
     if not getattr(run, "finished", False) or not getattr(run, "result", None):
         raise EvaluationError(
             f"{run_dir} has no finished result (result.json is missing): training did not finish. "
@@ -83,6 +85,15 @@ def _generate(pipe: Any, requests: list[ImageRequest], settings: GenerationSetti
 def _to_device(pipe: Any, device: str | None) -> Any:
     target = device or ("cuda" if torch.cuda.is_available() else None)
     return pipe.to(target) if target and hasattr(pipe, "to") else pipe
+
+
+def _prompt_source(prompts: str | os.PathLike | Sequence[str], class_noun: str) -> str:
+    """How the prompts were chosen, for the report (``dreambench`` resolved to its live/object list)."""
+    if not isinstance(prompts, str | os.PathLike):
+        return "list"
+    if prompts == "dreambench":
+        return "dreambench-live" if is_live(class_noun) else "dreambench-objects"
+    return str(prompts)
 
 
 def _sheet_rows(references: Sequence[Path], prompts: Sequence[EvalPrompt], root: Path,
@@ -206,8 +217,7 @@ def evaluate_run(
                 "directory": str(subject.directory),
             },
             settings={
-                "prompts": prompts if isinstance(prompts, str) else (str(prompts) if isinstance(prompts, Path) else "list"),
-                "prompt_set": "live" if is_live(subject.class_noun) else "objects",
+                "prompts": _prompt_source(prompts, subject.class_noun),
                 "num_prompts": len(eval_prompts),
                 "images_per_prompt": images_per_prompt,
                 "class_images": class_count,
@@ -226,6 +236,7 @@ def evaluate_run(
             images=[{"path": r.path, "prompt": r.prompt, "seed": r.seed, "role": r.role} for r in all_requests],
             counts={"personalised": len(tuned_requests), "base": len(base_requests), "class": len(class_requests),
                     "references": len(references), "prompts": len(eval_prompts)},
+            contact_sheet=CONTACT_SHEET_FILE,
             notes=[] if base else ["Base model not compared (base=False)."],
         )
         write_contact_sheet(_sheet_rows(references, eval_prompts, root, all_requests, subject.class_prompt),

@@ -1,0 +1,45 @@
+"""``studio train``: train a subject with a recipe, or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from studio.config import load_config, parse_overrides, recipe_names
+from studio.errors import ConfigError
+from studio.progress import TrainingProgressBar
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="Train LoRA / DreamBooth / textual inversion on a prepared subject.",
+        description="Train a subject, or continue a run with --resume RUN.",
+    )
+    parser.add_argument("--recipe", help=f"Recipe name ({', '.join(recipe_names())}) or a YAML path.")
+    parser.add_argument("--subject", help="Subject folder made by `studio prepare`.")
+    parser.add_argument("--base", help="Base model (overrides the recipe's): built-in name, folder, .safetensors or hub id.")
+    parser.add_argument("--out", help="Run directory to create.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a setting (repeatable).")
+    parser.add_argument("--resume", metavar="RUN", help="Continue RUN from its last checkpoint.")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import trainers
+
+    progress = TrainingProgressBar(disable=args.quiet)
+    if args.resume:
+        result = trainers.resume(Path(args.resume), listener=progress, show_progress=not args.quiet)
+        print(f"Finished: {Path(args.resume) / result['artifact']}")
+        return 0
+    if not args.subject or not args.out:
+        raise ConfigError("studio train needs --subject SUBJECT_DIR and --out RUN_DIR (or --resume RUN_DIR).")
+    overrides = parse_overrides(args.overrides)
+    if args.base:
+        overrides["base"] = args.base
+    config = load_config(args.recipe, overrides)
+    result = trainers.train(config, Path(args.subject), Path(args.out), listener=progress, show_progress=not args.quiet)
+    print(f"Finished: {Path(args.out) / result['artifact']}")
+    return 0

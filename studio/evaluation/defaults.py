@@ -1,0 +1,5 @@
+"""Default backbone ids, importable without torch (the CLI builds its parser from them)."""
+
+# The paper names DINO ViT-S/16 but not its CLIP; follow-up code uses CLIP ViT-B/32.
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_DINO = "facebook/dino-vits16"

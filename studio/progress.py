@@ -1,0 +1,25 @@
+"""A tqdm progress bar that follows training events (used by the CLI)."""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+
+class TrainingProgressBar:
+    """Listener for trainer events: a tqdm bar with loss, lr and ETA; other events printed above it."""
+
+    def __init__(self, *, disable: bool = False):
+        self.bar: tqdm | None = None
+        self.disable = disable
+
+    def __call__(self, event: dict) -> None:
+        kind = event["type"]
+        if kind in ("started", "resumed"):
+            self.bar = tqdm(total=event["total"], initial=event.get("step", 0), unit="step", desc="training", disable=self.disable)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(event["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        elif kind in ("checkpoint", "sample") and self.bar is not None:
+            self.bar.write(f"step {event['step']}: {kind} written")
+        elif kind in ("finished", "failed", "cancelled") and self.bar is not None:
+            self.bar.close()

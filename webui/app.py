@@ -1,0 +1,101 @@
+"""The Studio web UI: tabs in the order a person works, over the studio API and the job queue.
+
+Run it with ``studio webui``. Call :func:`webui.env.configure` before importing this module (it
+imports gradio). The UI process also runs the job dispatcher thread; training, evaluation and
+export run in separate worker processes, so the UI survives their crashes and they survive it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from studio.jobs import Dispatcher, Workspace
+from webui.context import Context
+from webui.tabs import evaluate, export, generate, jobs, subject, train
+
+LOG = logging.getLogger(__name__)
+MAX_FILE_SIZE = "25mb"
+CSS = """
+.job-progress { font-size: 0.95rem; }
+.job-bar { height: 14px; border-radius: 7px; background: var(--block-border-color); overflow: hidden; margin: 4px 0; }
+.job-fill { height: 100%; background: var(--color-accent); transition: width 0.4s; }
+.job-fill.state-failed, .job-fill.state-interrupted { background: #d9534f; }
+.job-fill.state-cancelled { background: #999; }
+.job-fill.state-finished { background: #3c9a5f; }
+.subject-messages td, .subject-messages th { padding: 2px 8px; text-align: left; }
+.msg-error { color: #c9302c; }
+.msg-warning { color: #b8860b; }
+"""
+
+
+def build_app(ctx: Context) -> gr.Blocks:
+    """All tabs, wired together (a new subject appears in Train; a started job opens in Jobs)."""
+    with gr.Blocks(title="Studio", analytics_enabled=False) as app:
+        gr.Markdown("# Studio\nPersonalise a text-to-image model: subject → train → evaluate → export → generate.")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Subject", id="subject", elem_id="tab-subject"):
+                subject_tab = subject.build(ctx)
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                train_tab = train.build(ctx)
+            with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs"):
+                jobs_tab = jobs.build(ctx)
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+                evaluate_tab = evaluate.build(ctx)
+            with gr.Tab("Export", id="export", elem_id="tab-export"):
+                export_tab = export.build(ctx)
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+                generate.build(ctx)
+
+        def after_create(name):
+            choices = train.subject_choices(ctx)
+            value = name if name in choices else (choices[0] if choices else None)
+            return gr.update(choices=choices, value=value)
+
+        def show_job(job_id):
+            if job_id is None:
+                return gr.skip(), gr.skip()
+            listing = jobs.job_choices(ctx.ws.store.list())
+            return gr.Tabs(selected="jobs"), gr.update(choices=listing, value=str(int(job_id)))
+
+        def refresh_runs():
+            choices = ctx.run_choices()
+            return gr.update(choices=choices), gr.update(choices=choices)
+
+        subject_tab.created.then(
+            lambda name: after_create(_created_name(ctx, name)), subject_tab.name, train_tab.subject, api_name=False,
+        )
+        train_tab.job_id.change(show_job, train_tab.job_id, [tabs, jobs_tab.select], api_name=False)
+        app.load(refresh_runs, None, [evaluate_tab.run, export_tab.run], api_name=False)
+    return app
+
+
+def _created_name(ctx: Context, name: str) -> str:
+    try:
+        return ctx.ws.subject_dir(name or "").name
+    except Exception:  # the Subject tab reports the problem itself
+        return ""
+
+
+def launch(*, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
+           data_dir: str | Path | None = None, dispatch: bool = True, block: bool = True) -> tuple[gr.Blocks, Dispatcher | None]:
+    """Open the workspace, start the dispatcher and serve the UI (only the data dir is served)."""
+    ws = Workspace.open(data_dir)
+    dispatcher = Dispatcher(ws).start() if dispatch else None
+    ctx = Context(ws)
+    app = build_app(ctx)
+    app.queue(default_concurrency_limit=4)
+    try:
+        app.launch(
+            server_name=host, server_port=port, auth=auth, share=False, ssr_mode=False, inbrowser=False,
+            allowed_paths=[str(ws.runs_dir), str(ws.subjects_dir)],
+            blocked_paths=[str(ws.store.path), str(ws.logs_dir)],
+            max_file_size=MAX_FILE_SIZE, theme=gr.themes.Default(), css=CSS, footer_links=["api"],
+            prevent_thread_lock=not block, quiet=False, pwa=False, mcp_server=False,
+        )
+    finally:
+        if block and dispatcher is not None:
+            dispatcher.stop()
+    return app, dispatcher

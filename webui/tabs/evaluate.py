@@ -1,0 +1,116 @@
+"""Evaluate tab: queue an evaluation of a finished run; scores against the base and other runs, contact sheet.
+
+The evaluation itself is ``studio.evaluation.evaluate_run`` in a worker (a job of kind "eval");
+this tab only reads RUN/eval/report.json and RUN/eval/contact_sheet.png when they appear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.errors import StudioError
+from studio.jobs import jobs_of_run, submit_eval
+from studio.jobs.catalog import backbone_choices
+from studio.jobs.reports import (
+    LOWER_IS_BETTER,
+    METRIC_LABELS,
+    METRICS,
+    comparison,
+    contact_sheet,
+    read_report,
+)
+from webui.context import Context
+
+SCORE_COLUMNS = ["model", "role", *[METRIC_LABELS[m] for m in METRICS]]
+
+
+@dataclass
+class EvaluateTab:
+    run: gr.Dropdown
+    timer: gr.Timer
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def build(ctx: Context) -> EvaluateTab:
+    timer = gr.Timer(1.0)
+    seen = gr.State(None)
+    clip_choices, clip_default = backbone_choices("clip")
+    dino_choices, dino_default = backbone_choices("dino")
+    with gr.Row():
+        run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="eval-run", scale=3)
+        start = gr.Button("Evaluate", variant="primary", elem_id="eval-start", scale=1)
+    with gr.Accordion("Evaluation settings", open=False):
+        with gr.Row():
+            clip = gr.Dropdown(clip_choices, value=clip_default, allow_custom_value=True, label="CLIP backbone",
+                               elem_id="eval-clip", info="tiny-clip works offline but only proves the pipeline.")
+            dino = gr.Dropdown(dino_choices, value=dino_default, allow_custom_value=True, label="DINO backbone",
+                               elem_id="eval-dino")
+            images_per_prompt = gr.Number(4, precision=0, minimum=1, maximum=64, label="Images per prompt",
+                                          elem_id="eval-images-per-prompt")
+            max_prompts = gr.Number(0, precision=0, minimum=0, label="Prompts (0: all)", elem_id="eval-max-prompts")
+            steps = gr.Number(30, precision=0, minimum=1, maximum=1000, label="Sampling steps", elem_id="eval-steps")
+    status = gr.Markdown(elem_id="eval-status")
+    scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label="Scores (raw cosine, 0-1)")
+    with gr.Row():
+        chart = gr.BarPlot(pd.DataFrame({"metric": [], "score": [], "model": []}), x="metric", y="score", color="model",
+                           title="Scores by metric", elem_id="eval-chart", label="Scores")
+        sheet = gr.Image(label="Contact sheet", elem_id="eval-sheet", interactive=False, type="filepath")
+    gr.Markdown(f"Higher is better, except {', '.join(METRIC_LABELS[m] for m in LOWER_IS_BETTER)} "
+                "(the model forgetting its class). The base model is the untrained one, prompted without the identifier.")
+
+    def on_start(run, clip, dino, images_per_prompt, max_prompts, steps):
+        if not run:
+            return "❌ Choose a finished training job."
+        options = {"clip": clip, "dino": dino, "images_per_prompt": int(images_per_prompt or 4),
+                   "max_prompts": int(max_prompts) or None, "steps": int(steps or 30)}
+        try:
+            job = submit_eval(ctx.ws, int(run), options)
+        except StudioError as error:
+            return f"❌ {error}"
+        return f"Queued {job.label}; the results appear here when it finishes."
+
+    def refresh(run, seen):
+        if not run:
+            choices = ctx.run_choices()
+            if choices == seen:
+                return (gr.skip(),) * 5 + (seen,)
+            return gr.update(choices=choices), *([gr.skip()] * 4), choices
+        try:
+            train_job = ctx.ws.store.get(int(run))
+        except (StudioError, ValueError):
+            return gr.skip(), "", *([gr.skip()] * 3), seen
+        evals = jobs_of_run(ctx.ws, train_job.id, "eval")
+        report_path = Path(train_job.run_dir) / "eval" / "report.json"
+        stamp = report_path.stat().st_mtime if report_path.is_file() else None
+        rows = comparison(ctx.ws, train_job) if stamp else []
+        signature = (run, [(j.id, j.state) for j in evals], stamp, [(r.label, r.scores) for r in rows])
+        if signature == seen:
+            return (gr.skip(),) * 5 + (seen,)
+        latest = evals[0] if evals else None
+        if latest is None:
+            text = "Not evaluated yet." if not stamp else "Evaluated outside this queue (report found)."
+        else:
+            text = f"{latest.label}: **{latest.state}**" + (f" — {latest.reason}" if latest.reason else "")
+        if stamp and read_report(train_job.run_dir) is not None:
+            table = pd.DataFrame([[r.label, r.role, *[_fmt(r.scores.get(m)) for m in METRICS]] for r in rows],
+                                 columns=SCORE_COLUMNS)
+            long = pd.DataFrame([{"metric": METRIC_LABELS[m], "score": r.scores[m], "model": r.label}
+                                 for r in rows for m in METRICS if r.scores.get(m) is not None],
+                                columns=["metric", "score", "model"])
+            image = contact_sheet(train_job.run_dir)
+            return gr.skip(), text, table, long, str(image) if image else None, signature
+        empty = pd.DataFrame(columns=SCORE_COLUMNS)
+        return gr.skip(), text, empty, pd.DataFrame(columns=["metric", "score", "model"]), None, signature
+
+    start.click(on_start, [run, clip, dino, images_per_prompt, max_prompts, steps], status, api_name="start_eval")
+    outputs = [run, status, scores, chart, sheet, seen]
+    timer.tick(refresh, [run, seen], outputs, show_progress="hidden", api_name=False)
+    run.focus(lambda: gr.update(choices=ctx.run_choices()), None, run, api_name=False)
+    return EvaluateTab(run, timer)

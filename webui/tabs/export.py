@@ -1,0 +1,74 @@
+"""Export tab: queue an export of a finished run in the chosen formats; download the files and model card.
+
+The export itself is ``studio.export.export_run`` in a worker (a job of kind "export"); this tab
+lists what appears in RUN/exports/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.jobs import jobs_of_run, submit_export
+from studio.jobs.catalog import export_formats
+from studio.jobs.reports import exported_files, model_card
+from studio.jobs.service import EXPORTS_DIR
+from webui.context import Context
+
+
+@dataclass
+class ExportTab:
+    run: gr.Dropdown
+    timer: gr.Timer
+
+
+def build(ctx: Context) -> ExportTab:
+    timer = gr.Timer(1.0)
+    seen = gr.State(None)
+    formats = export_formats()
+    with gr.Row():
+        run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="export-run", scale=3)
+        start = gr.Button("Export", variant="primary", elem_id="export-start", scale=1)
+    chosen = gr.CheckboxGroup(formats, value=formats[:1], label="Formats", elem_id="export-formats")
+    status = gr.Markdown(elem_id="export-status")
+    files = gr.File(label="Exported files", file_count="multiple", interactive=False, elem_id="export-files")
+    card = gr.Markdown(elem_id="export-card")
+
+    def on_start(run, chosen):
+        if not run:
+            return "❌ Choose a finished training job."
+        try:
+            job = submit_export(ctx.ws, int(run), list(chosen or []))
+        except StudioError as error:
+            return f"❌ {error}"
+        return f"Queued {job.label}; the files appear here when it finishes."
+
+    def refresh(run, seen):
+        if not run:
+            choices = ctx.run_choices()
+            if choices == seen:
+                return (gr.skip(),) * 4 + (seen,)
+            return gr.update(choices=choices), gr.skip(), gr.skip(), gr.skip(), choices
+        try:
+            train_job = ctx.ws.store.get(int(run))
+        except (StudioError, ValueError):
+            return gr.skip(), "", gr.skip(), gr.skip(), seen
+        out_dir = Path(train_job.run_dir) / EXPORTS_DIR
+        jobs = jobs_of_run(ctx.ws, train_job.id, "export")
+        found = exported_files(out_dir)
+        signature = (run, [(j.id, j.state) for j in jobs], [(str(p), p.stat().st_mtime) for p in found])
+        if signature == seen:
+            return (gr.skip(),) * 4 + (seen,)
+        latest = jobs[0] if jobs else None
+        text = "Not exported yet." if latest is None else (
+            f"{latest.label}: **{latest.state}**" + (f" — {latest.reason}" if latest.reason else ""))
+        card_text = model_card(out_dir) or ""
+        return gr.skip(), text, [str(p) for p in found] or None, card_text, signature
+
+    start.click(on_start, [run, chosen], status, api_name="start_export")
+    timer.tick(refresh, [run, seen], [run, status, files, card, seen], show_progress="hidden", api_name=False)
+    run.focus(lambda: gr.update(choices=ctx.run_choices()), None, run, api_name=False)
+    return ExportTab(run, timer)

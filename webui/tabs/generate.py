@@ -1,0 +1,77 @@
+"""Generate tab: a prompt playground with trained runs, base and personalised side by side."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.playground import Request
+from webui.context import Context
+
+
+@dataclass
+class GenerateTab:
+    runs: gr.Dropdown
+
+
+def parse_weights(text: str, count: int) -> list[float]:
+    """"1, 0.5" -> [1.0, 0.5], padded with 1.0 to ``count`` runs."""
+    try:
+        weights = [float(part) for part in str(text or "").replace(";", ",").split(",") if part.strip()]
+    except ValueError as error:
+        raise StudioError(f"Adapter weights must be numbers separated by commas, e.g. 1.0, 0.6 ({error}).") from error
+    return (weights + [1.0] * count)[:count]
+
+
+def build(ctx: Context) -> GenerateTab:
+    with gr.Row():
+        runs = gr.Dropdown(ctx.run_choices(), multiselect=True, label="Trained runs", elem_id="gen-runs", scale=3,
+                           info="Several LoRA / textual-inversion runs of one base can be combined.")
+        weights = gr.Textbox("1.0", label="Adapter weights", elem_id="gen-weights", scale=1,
+                             info="One per chosen run, in order (LoRA strength).")
+    prompt = gr.Textbox(label="Prompt", elem_id="gen-prompt", info="Use the run's identifier, e.g. 'a sks dog on a beach'.")
+    negative = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
+    with gr.Row():
+        guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
+        steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="gen-steps")
+        seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="gen-seed")
+        compare = gr.Checkbox(True, label="Also the base model", elem_id="gen-compare")
+    with gr.Accordion("Image to image", open=False):
+        with gr.Row():
+            init = gr.Image(label="Start from this image", type="filepath", sources=["upload"], elem_id="gen-init")
+            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength", elem_id="gen-strength",
+                                 info="How far from the start image to go (1: ignore it).")
+    start = gr.Button("Generate", variant="primary", elem_id="gen-start")
+    with gr.Row():
+        base_image = gr.Image(label="Base model (prompt without the identifier)", elem_id="gen-base", interactive=False)
+        tuned_image = gr.Image(label="Personalised", elem_id="gen-personalised", interactive=False)
+
+    def on_runs(chosen, current):
+        if not chosen or (current or "").strip():
+            return gr.skip()
+        job = ctx.ws.store.get(int(chosen[0]))
+        try:
+            result = json.loads((Path(job.run_dir) / "result.json").read_text())
+        except (OSError, ValueError):
+            return gr.skip()
+        return gr.update(value=result.get("instance_prompt") or "")
+
+    def on_generate(chosen, weights, prompt, negative, guidance, steps, seed, compare, init, strength):
+        try:
+            run_dirs = [ctx.ws.store.get(int(value)).run_dir for value in (chosen or [])]
+            request = Request(prompt or "", negative or "", float(guidance), int(steps), int(seed or 0),
+                              init, float(strength), bool(compare))
+            base, tuned = ctx.playground.generate(run_dirs, request, parse_weights(weights, len(run_dirs)))
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        return base, tuned
+
+    runs.focus(lambda: gr.update(choices=ctx.run_choices()), None, runs, api_name=False)
+    runs.input(on_runs, [runs, prompt], prompt, api_name=False)
+    start.click(on_generate, [runs, weights, prompt, negative, guidance, steps, seed, compare, init, strength],
+                [base_image, tuned_image], api_name="generate", concurrency_limit=1)
+    return GenerateTab(runs)

@@ -1,0 +1,133 @@
+"""Jobs tab: the queue, and for the selected job live progress, loss curve, samples and log.
+
+A 1-second gr.Timer polls the queue and the run directory (studio.jobs.job_progress); a component
+is re-sent only when what it shows has changed, so an idle page costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from studio.errors import StudioError
+from studio.jobs import RESUMABLE_STATES, cancel, job_progress, resume
+from studio.jobs.progress import JobProgress, progress_dict
+from webui.context import Context
+
+POLL_S = 1.0
+TABLE_HEADERS = ["id", "kind", "name", "state", "created", "of job"]
+
+
+@dataclass
+class JobsTab:
+    select: gr.Dropdown
+    timer: gr.Timer
+
+
+def progress_html(progress: JobProgress | None) -> str:
+    """A progress bar with step and ETA; data-* attributes let tests read the numbers."""
+    if progress is None:
+        return "<div class='job-progress' data-state='none'>No job selected.</div>"
+    percent = round(100 * progress.fraction, 1)
+    return (
+        f"<div class='job-progress' data-state='{progress.job.state}' data-step='{progress.step}' "
+        f"data-total='{progress.total}'>"
+        f"<div class='job-bar'><div class='job-fill state-{progress.job.state}' style='width:{percent}%'></div></div>"
+        f"<div class='job-text'>{html.escape(progress.job.label)} · {html.escape(progress.summary())}</div></div>"
+    )
+
+
+def job_choices(jobs) -> list[tuple[str, str]]:
+    return [(f"{j.label} ({j.state})", str(j.id)) for j in jobs]
+
+
+def _row(job) -> list:
+    created = dt.datetime.fromtimestamp(job.created).strftime("%m-%d %H:%M:%S")
+    return [job.id, job.kind, job.name, job.state, created, f"#{job.parent_id}" if job.parent_id else ""]
+
+
+def build(ctx: Context) -> JobsTab:
+    timer = gr.Timer(POLL_S)
+    seen = gr.State({})
+    table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="jobs-table", label="Queue", max_height=240)
+    with gr.Row():
+        select = gr.Dropdown([], label="Job", elem_id="job-select", scale=3)
+        cancel_button = gr.Button("Cancel", elem_id="job-cancel", variant="stop", scale=1, interactive=False)
+        resume_button = gr.Button("Resume", elem_id="job-resume", scale=1, interactive=False)
+    progress = gr.HTML(progress_html(None), elem_id="job-progress")
+    reason = gr.Markdown(elem_id="job-reason")
+    with gr.Row():
+        loss = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", title="Training loss",
+                           elem_id="loss-plot", label="Loss")
+        samples = gr.Gallery(label="Validation samples (newest first)", columns=4, height=300, elem_id="job-samples",
+                             interactive=False)
+    log = gr.Textbox(label="Log", lines=10, max_lines=10, interactive=False, autoscroll=True, elem_id="job-log")
+
+    outputs = [table, select, progress, reason, loss, samples, log, cancel_button, resume_button, seen]
+
+    def refresh(selected, seen):
+        seen = dict(seen or {})
+        jobs = ctx.ws.store.list()
+        updates: dict = {}
+        listing = [(j.id, j.state) for j in jobs]
+        if seen.get("listing") != listing:
+            seen["listing"] = listing
+            updates["table"] = pd.DataFrame([_row(j) for j in jobs], columns=TABLE_HEADERS)
+            choices = job_choices(jobs)
+            if not selected and jobs:
+                selected = str(jobs[0].id)
+            updates["select"] = gr.update(choices=choices, value=selected)
+        job = next((j for j in jobs if str(j.id) == str(selected)), None)
+        snap = job_progress(job, ctx.ws.logs_dir) if job else None
+        key = job.id if job else None
+        html_text = progress_html(snap)
+        if seen.get("progress") != html_text:
+            seen["progress"] = html_text
+            updates["progress"] = html_text
+            updates["reason"] = f"**Reason:** {job.reason}" if job and job.reason else ""
+            updates["cancel"] = gr.update(interactive=bool(job and job.active))
+            updates["resume"] = gr.update(interactive=bool(job and job.state in RESUMABLE_STATES))
+        losses = snap.losses if snap else []
+        if seen.get("loss") != (key, len(losses)):
+            seen["loss"] = (key, len(losses))
+            updates["loss"] = pd.DataFrame(losses or [], columns=["step", "loss"])
+        sample_paths = [str(s.path) for s in snap.samples] if snap else []
+        if seen.get("samples") != (key, sample_paths):
+            seen["samples"] = (key, sample_paths)
+            updates["samples"] = [(str(s.path), f"step {s.step}: {s.prompt}") for s in reversed(snap.samples)] if snap else []
+        log_text = snap.log_tail if snap else ""
+        if seen.get("log") != (key, log_text):
+            seen["log"] = (key, log_text)
+            updates["log"] = log_text
+        names = ["table", "select", "progress", "reason", "loss", "samples", "log", "cancel", "resume"]
+        return [updates.get(name, gr.skip()) for name in names] + [seen]
+
+    def on_select(selected, seen):
+        return refresh(selected, {"listing": (seen or {}).get("listing")})
+
+    def act(action, selected):
+        if not selected:
+            gr.Warning("Select a job first.")
+            return
+        try:
+            job = action(ctx.ws, int(selected))
+        except StudioError as error:
+            gr.Warning(str(error))
+            return
+        gr.Info(f"{job.label}: {'cancel requested' if job.state == 'running' else job.state}.")
+
+    def job_info(job_id: int) -> dict:
+        """Progress of one job as JSON: state, step/total, loss curve, sample paths, reason."""
+        job = ctx.ws.store.get(int(job_id))
+        return progress_dict(job_progress(job, ctx.ws.logs_dir))
+
+    timer.tick(refresh, [select, seen], outputs, show_progress="hidden", api_name=False)
+    select.input(on_select, [select, seen], outputs, show_progress="hidden", api_name=False)
+    cancel_button.click(lambda s: act(cancel, s), select, None, api_name="cancel_job")
+    resume_button.click(lambda s: act(resume, s), select, None, api_name="resume_job")
+    gr.api(job_info, api_name="job_info")
+    return JobsTab(select, timer)
