@@ -26,12 +26,12 @@ def _value_type(item: dataclasses.Field) -> tuple[str, bool]:
     return ("list" if base.startswith("list[") else base), nullable
 
 
-def _describe_allowed(item: dataclasses.Field) -> str:
+def describe_allowed(item: dataclasses.Field) -> str:
     meta = item.metadata
     kind, nullable = _value_type(item)
     if meta.get("choices"):
         return "one of " + ", ".join(str(c) for c in meta["choices"])
-    parts = {"list": "a list of strings", "bool": "true or false"}.get(kind, f"a{'n' if kind == 'int' else ''} {kind}")
+    parts = {"list": "a list of strings", "bool": "true or false", "str": "a string", "int": "an integer", "float": "a number"}[kind]
     if meta.get("minimum") is not None or meta.get("maximum") is not None:
         parts += f" in [{meta.get('minimum')}, {meta.get('maximum')}]"
     return parts + (" (or empty)" if nullable else "")
@@ -43,7 +43,7 @@ def coerce(item: dataclasses.Field, value: Any, *, source: str = "") -> Any:
     where = f" (in {source})" if source else ""
 
     def fail() -> ConfigError:
-        return ConfigError(f"Invalid value {value!r} for '{item.name}'{where}: expected {_describe_allowed(item)}.")
+        return ConfigError(f"Invalid value {value!r} for '{item.name}'{where}: expected {describe_allowed(item)}.")
 
     if value is None or (nullable and value == ""):
         if nullable:

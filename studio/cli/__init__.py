@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "studio.cli.prepare_cmd",
     "studio.cli.train_cmd",
     "studio.cli.demo_cmd",
+    "studio.cli.settings_cmd",
     "studio.cli.eval_cmd",
     "studio.cli.jobs_cmd",
     "studio.cli.webui_cmd",

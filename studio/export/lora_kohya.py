@@ -1,0 +1,101 @@
+"""The kohya / webui LoRA format that AUTOMATIC1111, Forge and ComfyUI load.
+
+One ``.safetensors``: per adapted module ``<name>.lora_down.weight`` [rank, in(, k, k)],
+``<name>.lora_up.weight`` [out, rank(, 1, 1)] and ``<name>.alpha`` (scale = alpha / rank), where
+``<name>`` is a prefix plus the module path with ``.`` replaced by ``_``. SD1.x/2.x UNets keep
+diffusers' module names (sd-scripts trains those on the diffusers UNet); text encoders are named
+from CLIP's ``text_model.`` root. Training facts go into ``ss_*`` and ``modelspec.*`` metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from studio.atomic import save_safetensors
+from studio.errors import StudioError
+from studio.export.lora_weights import LoraWeights
+
+PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+SDXL_PREFIXES = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def kohya_prefixes(family) -> dict[str, str]:
+    if family.name == "sdxl":
+        raise StudioError(
+            "kohya/webui export of SDXL LoRAs is not supported yet (its UNet uses the original SGM block names). "
+            "Export with --format diffusers; ComfyUI and Forge also load that file."
+        )
+    return PREFIXES
+
+
+def kohya_name(component: str, path: str, family) -> str:
+    """``lora_unet_down_blocks_0_..._to_q`` / ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``."""
+    prefixes = kohya_prefixes(family)
+    if component not in prefixes:
+        raise StudioError(f"The kohya format has no place for a LoRA on '{component}'.")
+    if component.startswith("text_encoder") and not path.startswith("text_model."):
+        path = f"text_model.{path}"
+    return prefixes[component] + path.replace(".", "_")
+
+
+def kohya_state_dict(weights: LoraWeights, family) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for module in weights.modules:
+        name = kohya_name(module.component, module.path, family)
+        if f"{name}.alpha" in state:
+            raise StudioError(f"Two LoRA modules map to the same kohya name {name}.")
+        state[f"{name}.lora_down.weight"] = module.down
+        state[f"{name}.lora_up.weight"] = module.up
+        state[f"{name}.alpha"] = torch.tensor(float(module.alpha), dtype=torch.float32)
+    return state
+
+
+def kohya_metadata(weights: LoraWeights, family, info: dict[str, Any]) -> dict[str, str]:
+    """sd-scripts' ``ss_*`` keys and Stability's ``modelspec.*`` keys (all values are strings)."""
+    ranks = weights.ranks
+    alphas = sorted({m.alpha for m in weights.modules})
+    resolution = int(info.get("resolution") or family.default_resolution)
+    has_conv = any(m.down.ndim == 4 and m.down.shape[-1] > 1 for m in weights.modules)
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(max(ranks)),
+        "ss_network_alpha": _number(alphas[-1]),
+        "ss_base_model_version": family.kohya_base_model_version,
+        "ss_v2": str(family.name == "sd2"),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_output_name": str(info.get("title", "lora")),
+        "ss_training_comment": str(info.get("comment", "exported by Studio")),
+        "ss_max_train_steps": str(info.get("steps", "")),
+        "ss_learning_rate": str(info.get("learning_rate", "")),
+        "ss_network_args": "{}",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": str(info.get("title", "lora")),
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": dt.date.today().isoformat(),
+    }
+    if info.get("trigger_phrase"):
+        metadata["modelspec.trigger_phrase"] = str(info["trigger_phrase"])
+    if info.get("description"):
+        metadata["modelspec.description"] = str(info["description"])
+    if len(ranks) > 1 or has_conv:
+        metadata["ss_network_args"] = '{"conv_dim": "%d", "conv_alpha": "%s"}' % (max(ranks), _number(alphas[-1]))
+    return metadata
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def save_kohya_lora(weights: LoraWeights, path: Path, family, info: dict[str, Any]) -> Path:
+    save_safetensors(kohya_state_dict(weights, family), path, metadata=kohya_metadata(weights, family, info))
+    return path
+
+
+def is_kohya_state(keys: list[str]) -> bool:
+    return bool(keys) and all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys)
