@@ -1,9 +1,196 @@
-"""Applying trained results to pipelines through diffusers' own loaders."""
+"""The one place that puts trained results onto a pipeline: run dirs and exported files of every format.
+
+:func:`resolve_adapter` looks at a path (a run directory, a LoRA file in diffusers or kohya/webui
+layout, a PEFT folder, a textual-inversion file in diffusers or A1111 layout) and says what it is;
+:func:`load_adapter` loads it through diffusers' own loaders. Files are identified by their tensor
+keys, never by name, and pickle files are refused.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from studio.errors import StudioError
+from studio.export.lora_kohya import is_kohya_state
+from studio.export.lora_peft import is_peft_folder
+from studio.export.lora_weights import COMPONENTS, LORA_WEIGHTS_FILE
+from studio.export.ti import DIFFUSERS_FILE as EMBEDDINGS_FILE
+from studio.export.ti import SDXL_KEYS, a1111_name, embedding_kind
+
+RESULT_FILE = "result.json"
+PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
+
+
+class AdapterError(StudioError):
+    """An adapter path is missing, unreadable or not a LoRA/embedding we know."""
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """What an adapter path holds and how to load it."""
+
+    path: Path
+    kind: str  # "lora" | "embedding"
+    format: str  # "diffusers" | "kohya" | "peft" | "a1111" | "a1111-sdxl" | "per-encoder" (an SDXL TI run)
+    token: str | None = None  # embeddings: what to type in a prompt
+    base: str | None = None  # run directories: the base model they were trained on
+
+    def describe(self) -> str:
+        what = "LoRA" if self.kind == "lora" else f"embedding '{self.token}'"
+        return f"{what} ({self.format}) from {self.path}"
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise AdapterError(f"{path} is not valid JSON ({error}); the run directory is damaged.") from error
+
+
+def resolve_base(ref: str) -> str:
+    """A base-model reference, with a DreamBooth run directory standing for its ``model/`` folder."""
+    path = Path(ref).expanduser()
+    result = read_result(path) if path.is_dir() else None
+    if result is None:
+        return ref
+    if result.get("method") != "dreambooth":
+        raise AdapterError(
+            f"{path} is a {result.get('method')} run: it is an adapter, not a base model. Pass it with --adapter "
+            f"and use its base ('{result.get('base')}') as --base."
+        )
+    return str(path / result.get("artifact", "model"))
+
+
+def resolve_adapter(path: str | Path) -> AdapterSource:
+    """Identify the adapter at ``path`` (run directory, exported file or folder)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AdapterError(f"Adapter {path} does not exist.")
+    if path.is_dir():
+        return _resolve_folder(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise AdapterError(
+            f"{path} is a pickle file ({path.suffix}); loading it could run arbitrary code. Use a .safetensors "
+            "adapter (kohya's and A1111's tools convert .pt/.ckpt files)."
+        )
+    return _resolve_file(path)
+
+
+def _resolve_folder(path: Path) -> AdapterSource:
+    result = read_result(path)
+    if result is not None:
+        artifact = path / result.get("artifact", "adapter")
+        if result.get("method") == "lora":
+            return AdapterSource(artifact / LORA_WEIGHTS_FILE, "lora", "diffusers", base=result.get("base"))
+        if result.get("method") == "textual_inversion":
+            if (artifact / EMBEDDINGS_FILE).is_file():
+                return AdapterSource(artifact / EMBEDDINGS_FILE, "embedding", "diffusers", token=result.get("token"),
+                                     base=result.get("base"))
+            # one file per text encoder (SDXL): learned_embeds_text_encoder[_2].safetensors
+            return AdapterSource(artifact, "embedding", "per-encoder", token=result.get("token"), base=result.get("base"))
+        raise AdapterError(f"{path} is a DreamBooth run (a whole model): pass it as --base, not as --adapter.")
+    if (path / "model_index.json").is_file():
+        raise AdapterError(f"{path} is a full diffusers model folder: pass it as --base, not as --adapter.")
+    for candidate in (path / LORA_WEIGHTS_FILE, path / EMBEDDINGS_FILE):
+        if candidate.is_file():
+            return _resolve_file(candidate)
+    for folder in (path, path / "peft"):
+        if folder.is_dir() and is_peft_folder(folder):
+            return AdapterSource(folder, "lora", "peft")
+    raise AdapterError(
+        f"{path} is a folder without a run result, {LORA_WEIGHTS_FILE}, {EMBEDDINGS_FILE} or PEFT adapter_config.json; "
+        "give the adapter file itself."
+    )
+
+
+def _resolve_file(path: Path) -> AdapterSource:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as error:
+        raise AdapterError(
+            f"{path} is not a readable safetensors file ({type(error).__name__}: {str(error)[:120]}). It may be truncated "
+            "(download it again) or not an adapter at all."
+        ) from error
+    if is_kohya_state(keys):
+        return AdapterSource(path, "lora", "kohya")
+    if keys and all(k.split(".", 1)[0] in COMPONENTS and ("lora" in k or k.endswith(".alpha")) for k in keys):
+        return AdapterSource(path, "lora", "diffusers")
+    kind = embedding_kind(keys)
+    if kind == "diffusers":
+        return AdapterSource(path, "embedding", kind, token=keys[0])
+    if kind in ("a1111", "a1111-sdxl"):
+        return AdapterSource(path, "embedding", kind, token=a1111_name(path.stem))
+    if keys and all(k.startswith("base_model.model.") for k in keys):
+        raise AdapterError(f"{path} is a bare PEFT weights file; give the folder that also holds adapter_config.json.")
+    raise AdapterError(
+        f"{path} holds neither LoRA weights (lora_down/lora_up, lora_A/lora_B) nor a textual-inversion embedding "
+        f"(emb_params, or one token -> tensor); its keys start {keys[:3]}. Is it a base model or another tool's file?"
+    )
+
+
+def load_adapter(pipe, source: AdapterSource, adapter_name: str, *, token: str | None = None) -> list[str]:
+    """Load ``source`` into ``pipe`` under ``adapter_name``; returns the prompt tokens it added (embeddings)."""
+    try:
+        if source.kind == "lora":
+            _load_lora(pipe, source, adapter_name)
+            return []
+        return _load_embedding(pipe, source, token or source.token)
+    except StudioError:
+        raise
+    except (ValueError, RuntimeError, KeyError, OSError) as error:
+        if "already in tokenizer vocabulary" in str(error):
+            raise AdapterError(
+                f"Cannot load {source.describe()}: its token is already taken (by another embedding, or a word the "
+                "tokenizer knows). Load only one embedding per token."
+            ) from error
+        raise AdapterError(
+            f"Could not load {source.describe()} onto this base model: {error}. Was it trained for another model family?"
+        ) from error
+
+
+def _load_lora(pipe, source: AdapterSource, adapter_name: str) -> None:
+    if source.format == "peft":
+        from studio.export.lora_peft import read_peft_folders
+        from studio.export.lora_weights import diffusers_state_dict
+
+        # peft's A/B per component, keyed as a diffusers LoRA state dict (scale folded into B)
+        states = diffusers_state_dict(read_peft_folders(source.path))
+        state = {f"{component}.{key}": value for component, part in states.items() for key, value in part.items()}
+        pipe.load_lora_weights(state, adapter_name=adapter_name)
+    else:
+        pipe.load_lora_weights(str(source.path), adapter_name=adapter_name, use_safetensors=True)
+
+
+def _load_embedding(pipe, source: AdapterSource, token: str | None) -> list[str]:
+    """diffusers reads both layouts from the file: a one-key file's tensor becomes ``token``."""
+    from safetensors.torch import load_file
+
+    if source.format == "per-encoder":
+        files = sorted(source.path.glob("learned_embeds_*.safetensors"))
+        _load_per_encoder_embeddings(pipe, files, token)
+        count = next(iter(load_file(str(files[0])).values())).shape[0]
+    elif source.format == "a1111-sdxl":
+        state = load_file(str(source.path))
+        for key, encoder in zip(SDXL_KEYS, ("text_encoder", "text_encoder_2"), strict=True):
+            pipe.load_textual_inversion(
+                state[key], token=token, text_encoder=getattr(pipe, encoder),
+                tokenizer=getattr(pipe, encoder.replace("text_encoder", "tokenizer")),
+            )
+        count = state[SDXL_KEYS[0]].shape[0]
+    else:
+        pipe.load_textual_inversion(str(source.path), token=token)
+        rows = next(iter(load_file(str(source.path)).values()))
+        count = rows.shape[0] if rows.ndim == 2 else 1
+    return [token] + [f"{token}_{i}" for i in range(1, count)]
 
 
 def apply_run_result(run_dir: Path, result: dict[str, Any], base_ref: str):
@@ -15,7 +202,23 @@ def apply_run_result(run_dir: Path, result: dict[str, Any], base_ref: str):
         return load_base(str(artifact)).pipeline
     pipeline = load_base(base_ref).pipeline
     if result["method"] == "lora":
-        pipeline.load_lora_weights(str(artifact), weight_name="pytorch_lora_weights.safetensors")
+        pipeline.load_lora_weights(str(artifact), weight_name=LORA_WEIGHTS_FILE, use_safetensors=True)
     elif result["method"] == "textual_inversion":
-        pipeline.load_textual_inversion(str(artifact / "learned_embeds.safetensors"), token=result["token"])
+        family_files = sorted(artifact.glob("learned_embeds_*.safetensors"))
+        if family_files:  # one file per text encoder (SDXL)
+            _load_per_encoder_embeddings(pipeline, family_files, result["token"])
+        else:
+            pipeline.load_textual_inversion(str(artifact / EMBEDDINGS_FILE), token=result["token"])
     return pipeline
+
+
+def _load_per_encoder_embeddings(pipeline, files: list[Path], token: str) -> None:
+    from safetensors.torch import load_file
+
+    for path in files:
+        encoder = path.stem.removeprefix("learned_embeds_")
+        tokenizer = encoder.replace("text_encoder", "tokenizer")
+        rows = load_file(str(path))[token]
+        pipeline.load_textual_inversion(
+            rows, token=token, text_encoder=getattr(pipeline, encoder), tokenizer=getattr(pipeline, tokenizer)
+        )

@@ -43,3 +43,54 @@ def tiny_config(method: str, **overrides):
               "learning_rate": {"lora": 2e-3, "dreambooth": 5e-4, "textual_inversion": 1e-2}[method]}
     values.update(overrides)
     return load_config(None, values)
+
+
+def _train_tiny(method: str, sample_subject: Path, directory: Path, **overrides) -> Path:
+    import trainers
+
+    trainers.train(tiny_config(method, **overrides), sample_subject, directory)
+    return directory
+
+
+# Finished tiny runs shared by the export and generation tests (a few seconds each: they only have to
+# change the weights, not to learn the subject).
+@pytest.fixture(scope="session")
+def tiny_lora_run(sample_subject, tmp_path_factory) -> Path:
+    """A LoRA run with text-encoder LoRA."""
+    return _train_tiny("lora", sample_subject, tmp_path_factory.mktemp("runs") / "lora", steps=8, batch_size=1,
+                       train_text_encoder=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_ti_run(sample_subject, tmp_path_factory) -> Path:
+    """A textual-inversion run with two vectors per token."""
+    return _train_tiny("textual_inversion", sample_subject, tmp_path_factory.mktemp("runs") / "ti", steps=8,
+                       batch_size=1, num_vectors=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_dreambooth_run(sample_subject, tmp_path_factory) -> Path:
+    return _train_tiny("dreambooth", sample_subject, tmp_path_factory.mktemp("runs") / "dreambooth", steps=8,
+                       batch_size=1)
+
+
+# Exports of those runs in every format (each verified by reloading as it is written).
+@pytest.fixture(scope="session")
+def tiny_lora_export(tiny_lora_run, tmp_path_factory):
+    from studio.export import export_run
+
+    return export_run(tiny_lora_run, "all", tmp_path_factory.mktemp("exports") / "lora")
+
+
+@pytest.fixture(scope="session")
+def tiny_ti_export(tiny_ti_run, tmp_path_factory):
+    from studio.export import export_run
+
+    return export_run(tiny_ti_run, "all", tmp_path_factory.mktemp("exports") / "ti")
+
+
+@pytest.fixture(scope="session")
+def tiny_dreambooth_export(tiny_dreambooth_run, tmp_path_factory):
+    from studio.export import export_run
+
+    return export_run(tiny_dreambooth_run, "all", tmp_path_factory.mktemp("exports") / "dreambooth", rank=4)

@@ -18,7 +18,13 @@ from studio.evaluation.metrics import (
     mean_within_cosine,
     paired_cosine,
 )
-from studio.evaluation.prompts import build_prompts, dreambench_templates, is_live, read_prompt_file, strip_identifier
+from studio.evaluation.prompts import (
+    build_prompts,
+    dreambench_templates,
+    is_live,
+    read_prompt_file,
+    strip_identifier,
+)
 from studio.evaluation.report import format_summary, new_report, validate_report
 from studio.evaluation.scoring import per_group_scores, score_embeddings
 

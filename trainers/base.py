@@ -21,6 +21,7 @@ import torch
 from studio.atomic import atomic_dir, write_json
 from studio.config import read_config, save_config
 from studio.errors import ConfigError, StudioError
+from studio.models.vae import decode_in_fp32
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
 from trainers import checkpoints, objectives
@@ -70,9 +71,14 @@ def sigterm_as_interrupt():
 class Trainer:
     """Runs ``method`` on a subject and writes the run directory."""
 
-    def __init__(self, method_class: type[Method], config: TrainConfig, run_dir: Path, *, listener=None, show_progress: bool = False):
+    def __init__(self, method_class: type[Method], config: TrainConfig, run_dir: Path, *, listener=None, show_progress: bool = False,
+                 base=None):
+        """``base``: an already-loaded :class:`~studio.models.BaseModel` to train instead of loading
+        ``config.base`` (benchmarks build real architectures in memory); a DreamBooth run that must save
+        still reloads released modules from ``config.base``."""
         from accelerate import Accelerator
 
+        self.given_base = base
         self.config = config
         self.run_dir = Path(run_dir)
         self.show_progress = show_progress
@@ -93,7 +99,7 @@ class Trainer:
         self.subject = load_subject(self.run_dir / SUBJECT_DIR)
         if not self.subject.image_paths:
             raise ConfigError(f"The subject in {self.run_dir / SUBJECT_DIR} has no images; prepare it again with `studio prepare`.")
-        self.base = load_base(config.base)
+        self.base = self.given_base if self.given_base is not None else load_base(config.base, vae=config.vae)
         self.family = self.base.family
         self.noise_scheduler = DDPMScheduler.from_config(self.base.pipeline.scheduler.config)
         self.class_paths: list[Path] = []
@@ -122,8 +128,9 @@ class Trainer:
             if not isinstance(module, torch.nn.Module):
                 continue
             has_trainable = any(p.requires_grad for p in module.parameters())
-            if not has_trainable:
-                module.to(self.device, dtype=dtype)
+            if not has_trainable:  # a VAE whose config asks for it (SDXL's overflows in fp16) stays fp32
+                keep_fp32 = getattr(getattr(module, "config", None), "force_upcast", False)
+                module.to(self.device, dtype=torch.float32 if keep_fp32 else dtype)
             elif not self.method.reduced_frozen_params_ok:
                 module.to(self.device, dtype=torch.float32)
             else:  # trainable tensors stay fp32; the frozen ones beside them may be reduced (LoRA)
@@ -223,17 +230,26 @@ class Trainer:
         if config.torch_compile:
             self.unet_forward = torch.compile(self.unet_forward)
         self.generator = torch.Generator().manual_seed(config.seed + 1_000 * self.accelerator.process_index)
+        # Read once, not per step: ModelMixin.dtype walks every submodule.
+        self.unet_dtype = self.components["unet"].dtype
+        self.clip_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.step_inputs: dict[tuple[int, int], Any] = {}  # per batch layout: selected embeddings or token ids
 
     # ------------------------------------------------------------------ one step
     def _embeddings(self, instance_rows: int, class_rows: int):
         from studio.families import PromptEmbedding
 
         rows = [0] * instance_rows + [1] * class_rows
-        if self.cached_embeddings is not None:
-            return self.cached_embeddings.select(rows)
         components = dict(self.components) | {n: m for n, m in self.models.items() if n.startswith("text_encoder")}
-        ids = [t[rows] for t in self.family.tokenize(components, self.prompts)]
-        embedding: PromptEmbedding = self.family.encode(components, ids)
+        layout = (instance_rows, class_rows)
+        if layout not in self.step_inputs:  # the prompts never change: select / tokenize once
+            self.step_inputs[layout] = (
+                self.cached_embeddings.select(rows) if self.cached_embeddings is not None
+                else [t[rows].to(self.device) for t in self.family.tokenize(components, self.prompts)]
+            )
+        if self.cached_embeddings is not None:
+            return self.step_inputs[layout]
+        embedding: PromptEmbedding = self.family.encode(components, self.step_inputs[layout])
         return embedding
 
     def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -250,7 +266,7 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = objectives.prediction_target(self.noise_scheduler, latents, noise, timesteps)
         embedding = self._embeddings(config.batch_size, len(indices) - config.batch_size)
-        unet_dtype = self.components["unet"].dtype
+        unet_dtype = self.unet_dtype
         with accelerator.autocast():
             prediction = self.unet_forward(
                 noisy.to(unet_dtype), timesteps,
@@ -272,8 +288,7 @@ class Trainer:
                 accelerator.backward(loss / config.gradient_accumulation_steps)
             total += loss.detach() / config.gradient_accumulation_steps
         if config.max_grad_norm:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            accelerator.clip_grad_norm_(self.clip_params, config.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -318,7 +333,7 @@ class Trainer:
         unet = self.components["unet"]
         was_training = unet.training
         unet.eval()
-        with self._sampling_modules(), self.accelerator.autocast():
+        with self._sampling_modules(), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
             paths = render_samples(
                 self.base.pipeline, self.sample_prompts, seed=config.seed, steps=config.sample_steps,
                 guidance=config.sample_guidance, resolution=config.resolution, directory=directory,
@@ -374,26 +389,43 @@ class Trainer:
             self._sample()
         self._release_unneeded()
         start_step, started = self.step, time.perf_counter()
+        # On a GPU a logged step's loss is read (a host sync) only after the next step is queued, so the
+        # GPU never idles waiting for Python; on a CPU reading it costs nothing and happens at once.
+        lagged = self.device.type == "cuda"
+        pending = None
         while self.step < config.steps:
             if self._cancel_requested():
+                pending = self._emit_step(pending)
                 raise KeyboardInterrupt
             loss = self._optimizer_step(self.step)
             self.step += 1
+            pending = self._emit_step(pending)
+            checkpoint_due = bool(config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps)
+            sample_due = bool(config.sample_every and self.step % config.sample_every == 0)
             if self.step % config.log_every == 0 or self.step == config.steps:
                 elapsed = time.perf_counter() - started
-                rate = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
-                value = float(self.accelerator.reduce(loss, "mean").item())
-                if not math.isfinite(value):
-                    raise TrainingFailed(f"Loss became {value} at step {self.step}; lower learning_rate or use mixed_precision=no.")
-                self.events.emit(
-                    "step", step=self.step, total=config.steps, loss=value, lr=self.lr_scheduler.get_last_lr()[0],
-                    it_s=round(rate, 4), eta_s=round((config.steps - self.step) / rate, 1) if rate else None,
-                )
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
+                pending = (self.step, loss, self.lr_scheduler.get_last_lr()[0], (self.step - start_step) / elapsed if elapsed > 0 else 0.0)
+                if not lagged or checkpoint_due or sample_due or self.step == config.steps:
+                    pending = self._emit_step(pending)
+            if checkpoint_due:
                 self._checkpoint()
-            if config.sample_every and self.step % config.sample_every == 0:
+            if sample_due:
                 self._sample()
         return self._finish()
+
+    def _emit_step(self, pending: tuple | None) -> None:
+        """Emit the step event of ``pending`` = (step, loss tensor, lr, it/s); returns None."""
+        if pending is None:
+            return None
+        step, loss, lr, rate = pending
+        value = float(self.accelerator.reduce(loss, "mean").item())
+        if not math.isfinite(value):
+            raise TrainingFailed(f"Loss became {value} at step {step}; lower learning_rate or use mixed_precision=no.")
+        self.events.emit(
+            "step", step=step, total=self.config.steps, loss=value, lr=lr,
+            it_s=round(rate, 4), eta_s=round((self.config.steps - step) / rate, 1) if rate else None,
+        )
+        return None
 
     def _record_replica(self) -> None:
         """With several processes, each records a checksum of its trainable weights: they must agree."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,24 @@ def sample_indices(step: int, batch: int, count: int, seed: int, stream: int, ra
     indices = []
     for position in range(first, first + batch):
         epoch, offset = divmod(position, count)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + stream * 7_919 + epoch)
-        indices.append(int(torch.randperm(count, generator=generator)[offset]))
+        indices.append(_epoch_order(seed, stream, epoch, count)[offset])
     return indices
+
+
+@lru_cache(maxsize=8)
+def _epoch_order(seed: int, stream: int, epoch: int, count: int) -> tuple[int, ...]:
+    """One epoch's permutation, drawn once per epoch rather than once per item (it was a per-step cost)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + stream * 7_919 + epoch)
+    return tuple(torch.randperm(count, generator=generator).tolist())
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """Move a freshly drawn CPU tensor to ``device`` without a host sync: a plain ``.to("cuda")``
+    from pageable memory waits for the GPU to finish its queued work, every step."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class LatentSource:
@@ -65,7 +81,7 @@ class LatentSource:
         means, stds = [], []
         variants = [self.images, self.images.flip(-1)] if self.random_flip else [self.images]
         for variant in variants:
-            for chunk in variant.split(4):
+            for chunk in variant.split(1):  # one image at a time: at 512 px a 4-image VAE pass holds ~2 GB
                 mean, std = self._encode(chunk)
                 means.append(mean)
                 stds.append(std)
@@ -77,13 +93,13 @@ class LatentSource:
             torch.rand(len(indices), generator=generator) < 0.5 if self.random_flip else torch.zeros(len(indices), dtype=torch.bool)
         )
         if self.cached is not None:
-            rows = [i + count * int(f) for i, f in zip(indices, flips, strict=True)]
-            mean, std = self.cached[0][rows], self.cached[1][rows]
+            rows = to_device(torch.tensor([i + count * int(f) for i, f in zip(indices, flips, strict=True)]), self.cached[0].device)
+            mean, std = self.cached[0].index_select(0, rows), self.cached[1].index_select(0, rows)
         else:
             batch = self.images[indices]
             batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
             mean, std = self._encode(batch)
-        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        noise = to_device(torch.randn(mean.shape, generator=generator), mean.device)
         return ((mean + std * noise - self.shift) * self.scaling).to(self.dtype)
 
     @property

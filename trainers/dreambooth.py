@@ -35,7 +35,7 @@ class DreamBoothMethod(Method):
         pipeline = self.base.pipeline
         missing = [name for name in ("vae", *self.family.text_encoder_names) if getattr(pipeline, name, None) is None]
         if missing:
-            fresh = load_base(self.config.base).pipeline
+            fresh = load_base(self.config.base, vae=self.config.vae).pipeline
             pipeline.register_modules(**{name: getattr(fresh, name) for name in missing})
         pipeline.to(torch.float32)
         pipeline.save_pretrained(str(directory), safe_serialization=True)

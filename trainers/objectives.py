@@ -9,16 +9,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainers.data import to_device
+
 
 def draw_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float) -> torch.Tensor:
     noise = torch.randn(latents.shape, generator=generator)
     if noise_offset:
         noise = noise + noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
-    return noise.to(latents.device, latents.dtype)
+    return to_device(noise, latents.device).to(latents.dtype)
 
 
 def draw_timesteps(count: int, scheduler, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator).to(device)
+    return to_device(torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator), device)
 
 
 def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ class TextualInversionMethod(Method):
         initializer = self.config.initializer_token or self.subject.class_noun
         self.token_ids: dict[str, list[int]] = {}
         self.original_rows: dict[str, torch.Tensor] = {}
+        self._row_index: dict[str, torch.Tensor] = {}
         for tokenizer_name, encoder_name in zip(self.family.tokenizer_names, self.family.text_encoder_names, strict=True):
             tokenizer, encoder = self.components[tokenizer_name], self.components[encoder_name]
             init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
@@ -77,13 +78,20 @@ class TextualInversionMethod(Method):
         return {name: self.components[name] for name in self.family.text_encoder_names}
 
     def after_optimizer_step(self) -> None:
-        for name, ids in self.token_ids.items():
-            weight = self.components[name].get_input_embeddings().weight
-            keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
-            keep[ids] = False
-            original = self.original_rows[name].to(weight.device)
-            with torch.no_grad():
-                weight[keep] = original[keep]
+        """Copy the original matrix back and re-insert the learned rows: no boolean indexing (a host
+        sync) and no per-step copy of the whole matrix from the CPU (152 MB for SD1.5 on a GPU)."""
+        with torch.no_grad():
+            for name, ids in self.token_ids.items():
+                weight = self.components[name].get_input_embeddings().weight
+                original = self.original_rows[name]
+                if original.device != weight.device or original.dtype != weight.dtype:
+                    original = self.original_rows[name] = original.to(weight.device, weight.dtype)  # once; one copy kept
+                index = self._row_index.get(name)
+                if index is None or index.device != weight.device:
+                    index = self._row_index[name] = torch.tensor(ids, device=weight.device)
+                learned = weight.index_select(0, index)
+                weight.copy_(original)
+                weight.index_copy_(0, index, learned)
 
     def learned_embeddings(self) -> dict[str, torch.Tensor]:
         """Per text encoder, the [num_vectors, dim] learned rows."""

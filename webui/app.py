@@ -60,15 +60,17 @@ def build_app(ctx: Context) -> gr.Blocks:
             listing = jobs.job_choices(ctx.ws.store.list())
             return gr.Tabs(selected="jobs"), gr.update(choices=listing, value=str(int(job_id)))
 
-        def refresh_runs():
-            choices = ctx.run_choices()
-            return gr.update(choices=choices), gr.update(choices=choices)
+        def on_page_load():
+            """Choices that changed since launch (new subjects, finished runs) for a freshly opened page."""
+            runs, subjects = ctx.run_choices(), train.subject_choices(ctx)
+            return (gr.update(choices=subjects, value=subjects[0] if subjects else None),
+                    gr.update(choices=runs), gr.update(choices=runs))
 
         subject_tab.created.then(
             lambda name: after_create(_created_name(ctx, name)), subject_tab.name, train_tab.subject, api_name=False,
         )
         train_tab.job_id.change(show_job, train_tab.job_id, [tabs, jobs_tab.select], api_name=False)
-        app.load(refresh_runs, None, [evaluate_tab.run, export_tab.run], api_name=False)
+        app.load(on_page_load, None, [train_tab.subject, evaluate_tab.run, export_tab.run], api_name=False)
     return app
 
 

@@ -35,8 +35,14 @@ class SettingWidgets:
         return self.widgets[self.names.index(name)]
 
 
+ACRONYMS = {"lora": "LoRA", "lr": "LR", "snr": "SNR", "ema": "EMA"}
+
+
 def label_for(item: dataclasses.Field) -> str:
-    return item.name.replace("_", " ").capitalize()
+    words = item.name.split("_")
+    words = [ACRONYMS.get(w, w) for w in words]
+    first = words[0] if words[0] in ACRONYMS.values() else words[0].capitalize()
+    return " ".join([first, *words[1:]])
 
 
 def to_widget_value(item: dataclasses.Field, value: Any) -> Any:
@@ -45,7 +51,9 @@ def to_widget_value(item: dataclasses.Field, value: Any) -> Any:
     if kind == "list":
         return "\n".join(value or [])
     if value is None:
-        return None if kind in ("int", "float") else ""
+        return ""
+    if item.metadata.get("nullable") and kind in ("int", "float"):
+        return str(value)  # shown in a textbox, where empty means "automatic"
     return value
 
 
@@ -56,7 +64,7 @@ def from_widget_value(item: dataclasses.Field, value: Any) -> Any:
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if nullable and value in ("", None):
+    if nullable and (value is None or str(value).strip() == ""):
         return None
     return value
 
@@ -72,7 +80,7 @@ def make_widget(item: dataclasses.Field, value: Any, choices: list[str] | None =
         return gr.Dropdown(choices=choices, allow_custom_value=True, **common)
     if kind == "bool":
         return gr.Checkbox(**common)
-    if kind in ("int", "float"):
+    if kind in ("int", "float") and not meta.get("nullable"):
         return gr.Number(minimum=meta.get("minimum"), maximum=meta.get("maximum"),
                          precision=0 if kind == "int" else None, **common)
     if kind == "list":

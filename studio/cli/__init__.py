@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "studio.cli.demo_cmd",
     "studio.cli.settings_cmd",
     "studio.cli.eval_cmd",
+    "studio.cli.export_cmd",
+    "studio.cli.generate_cmd",
     "studio.cli.jobs_cmd",
     "studio.cli.webui_cmd",
 ]

@@ -139,8 +139,10 @@ def evaluate_run(
     to ``2 * images_per_prompt``; ``base=False`` skips the base-model comparison.
     """
     started = time.perf_counter()
-    if images_per_prompt < 1:
-        raise EvaluationError(f"images per prompt must be at least 1, not {images_per_prompt}.")
+    for name, value, low in (("images per prompt", images_per_prompt, 1), ("steps", steps, 1),
+                             ("class images", class_images or 0, 0), ("batch size", batch_size, 1)):
+        if value < low:
+            raise EvaluationError(f"{name} must be at least {low}, not {value}.")
     run_dir = Path(run_dir).expanduser()
     runs = _runs_api()
     run = _load_finished_run(run_dir)
@@ -237,7 +239,8 @@ def evaluate_run(
             counts={"personalised": len(tuned_requests), "base": len(base_requests), "class": len(class_requests),
                     "references": len(references), "prompts": len(eval_prompts)},
             contact_sheet=CONTACT_SHEET_FILE,
-            notes=[] if base else ["Base model not compared (base=False)."],
+            notes=([] if base else ["Base model not compared (base=False)."])
+            + ([] if class_requests else ["PRES omitted: no class-prompt images were requested."]),
         )
         write_contact_sheet(_sheet_rows(references, eval_prompts, root, all_requests, subject.class_prompt),
                             root / CONTACT_SHEET_FILE)

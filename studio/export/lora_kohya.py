@@ -10,6 +10,7 @@ from CLIP's ``text_model.`` root. Training facts go into ``ss_*`` and ``modelspe
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def kohya_metadata(weights: LoraWeights, family, info: dict[str, Any]) -> dict[s
     if info.get("description"):
         metadata["modelspec.description"] = str(info["description"])
     if len(ranks) > 1 or has_conv:
-        metadata["ss_network_args"] = '{"conv_dim": "%d", "conv_alpha": "%s"}' % (max(ranks), _number(alphas[-1]))
+        args = {"conv_dim": str(max(ranks)), "conv_alpha": _number(alphas[-1])}
+        metadata["ss_network_args"] = json.dumps(args)
     return metadata
 
 

@@ -31,9 +31,10 @@ _PAIR_SUFFIXES = (
 class LoraModule:
     """One adapted module: ``W' = W + (alpha / rank) * up @ down``.
 
-    ``path`` is the module's name inside its component as diffusers/transformers name it, e.g.
-    ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` (text encoders without the
-    ``text_model.`` prefix that newer transformers no longer has).
+    ``path`` is the module's name inside its live component, e.g.
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``; for text encoders with or without
+    the ``text_model.`` root, as the installed transformers names it (``CLIPTextModel`` lost that root
+    in transformers 5, ``CLIPTextModelWithProjection`` kept it). Compare paths with :func:`module_key`.
     """
 
     component: str
@@ -70,18 +71,19 @@ class LoraWeights:
         return [c for c in COMPONENTS if self.by_component(c)]
 
     def keyed(self) -> dict[tuple[str, str], LoraModule]:
-        return {(m.component, m.path): m for m in self.modules}
+        """Modules by (component, path without any ``text_model.`` root)."""
+        return {module_key(m.component, m.path): m for m in self.modules}
 
     @property
     def ranks(self) -> list[int]:
         return sorted({m.rank for m in self.modules})
 
 
-def strip_text_model(component: str, path: str) -> str:
-    """Text-encoder module paths without transformers' old ``text_model.`` wrapper prefix."""
+def module_key(component: str, path: str) -> tuple[str, str]:
+    """A module's identity whether or not its text encoder has transformers' ``text_model.`` root."""
     if component.startswith("text_encoder") and path.startswith("text_model."):
-        return path[len("text_model.") :]
-    return path
+        path = path[len("text_model.") :]
+    return component, path
 
 
 def _pattern_value(patterns: dict, path: str, default):
@@ -106,12 +108,12 @@ def split_diffusers_state_dict(state: dict[str, torch.Tensor], metadata: dict | 
             leftovers.append(key)
             continue
         if rest.endswith(".alpha"):
-            alphas[(component, strip_text_model(component, rest[: -len(".alpha")]))] = float(value)
+            alphas[(component, rest[: -len(".alpha")])] = float(value)
             continue
         for down_suffix, up_suffix in _PAIR_SUFFIXES:
             for suffix, role in ((down_suffix, "down"), (up_suffix, "up")):
                 if rest.endswith(suffix):
-                    path = strip_text_model(component, rest[: -len(suffix)])
+                    path = rest[: -len(suffix)]
                     pairs.setdefault((component, path), {})[role] = value
                     break
             else:
@@ -130,8 +132,10 @@ def split_diffusers_state_dict(state: dict[str, torch.Tensor], metadata: dict | 
         if alpha is None:
             alpha = _pattern_value(config.get(f"{component}.alpha_pattern"), path, config.get(f"{component}.lora_alpha"))
             declared_rank = _pattern_value(config.get(f"{component}.rank_pattern"), path, config.get(f"{component}.r"))
-            if alpha is None or declared_rank != rank:
-                alpha = rank if alpha is None else alpha * rank / declared_rank
+            if alpha is None:
+                alpha = rank  # no alpha anywhere: diffusers and ComfyUI then apply scale 1
+            elif declared_rank and declared_rank != rank:
+                alpha = alpha * rank / declared_rank
         modules.append(LoraModule(component, path, tensors["down"], tensors["up"], float(alpha)))
     return LoraWeights(modules)
 

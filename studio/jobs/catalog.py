@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 DEFAULT_BASE = "tiny-sd"
-# Used when studio.export does not say which formats it writes.
+# Offered only if studio.export cannot be imported (jobs then fail with the import error).
 FALLBACK_EXPORT_FORMATS = ("diffusers", "kohya")
 
 
@@ -57,13 +57,15 @@ def backbone_choices(kind: str) -> tuple[list[str], str]:
     return [hub, tiny], (hub if cached else tiny)
 
 
-def export_formats() -> list[str]:
-    """The formats studio.export writes (its ``FORMATS``), or a fallback while it is absent."""
+def export_formats(method: str | None = None) -> list[str]:
+    """The formats studio.export writes for runs of ``method`` (all formats when None)."""
     try:
         import studio.export as export
     except ImportError:
         return list(FALLBACK_EXPORT_FORMATS)
-    formats = getattr(export, "FORMATS", None) or getattr(export, "EXPORT_FORMATS", None)
-    if isinstance(formats, dict):
-        return list(formats)
-    return list(formats) if formats else list(FALLBACK_EXPORT_FORMATS)
+    if method:
+        try:
+            return list(export.formats_for(method))
+        except KeyError:
+            return []
+    return list(export.FORMATS)

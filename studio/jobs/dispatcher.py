@@ -59,16 +59,23 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _failed_event_reason(job: Job) -> str | None:
+    """The reason of a 'failed' event the trainer wrote during this attempt, if any."""
+    if job.kind != "train" or not job.run_dir:
+        return None
+    from trainers.events import read_events
+
+    failed = [e for e in read_events(job.run_dir) if e.get("type") == "failed" and e.get("time", 0) >= (job.started or 0)]
+    return str(failed[-1].get("reason") or "training failed") if failed else None
+
+
 def failure_reason(ws: Workspace, job: Job, returncode: int | None) -> str:
     """Why a worker ended without recording it: the run's failed event, else exit status and log tail."""
-    if job.kind == "train" and job.run_dir:
-        from trainers.events import read_events
-
-        failed = [e for e in read_events(job.run_dir) if e.get("type") == "failed" and e.get("time", 0) >= (job.started or 0)]
-        if failed:
-            return str(failed[-1].get("reason") or "training failed")
+    recorded = _failed_event_reason(job)
+    if recorded:
+        return recorded
     if returncode is None:
-        status = "the worker process disappeared"
+        status = "the worker process ended"
     elif returncode < 0:
         status = f"the worker was killed by {_signal_name(returncode)}"
         if returncode == -signal.SIGKILL:
@@ -86,6 +93,9 @@ def finalize(ws: Workspace, job_id: int, returncode: int | None) -> None:
         return
     if job.cancel_requested:
         ws.store.transition(job.id, (RUNNING,), CANCELLED, ended=time.time(), reason="cancelled by the user")
+    elif returncode is None and not _failed_event_reason(job):  # an adopted worker vanished without a trace
+        reason = "the worker process ended without recording why; resume to continue from the last checkpoint"
+        ws.store.transition(job.id, (RUNNING,), INTERRUPTED, ended=time.time(), reason=reason)
     else:
         ws.store.transition(job.id, (RUNNING,), FAILED, ended=time.time(), reason=failure_reason(ws, job, returncode))
 

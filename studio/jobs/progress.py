@@ -87,11 +87,11 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(deque((line for line in cleaned if line.strip()), maxlen=lines))
 
 
-def job_progress(job: Job, logs_dir: Path) -> JobProgress:
+def job_progress(job: Job, logs_dir: Path, *, log_lines: int = LOG_TAIL_LINES) -> JobProgress:
     """Step, loss curve, ETA and samples of a training job (eval/export jobs: state and log)."""
     from trainers.events import read_events  # imports torch (trainers/__init__); only when needed
 
-    progress = JobProgress(job=job, log_tail=tail(log_path(job, logs_dir)))
+    progress = JobProgress(job=job, log_tail=tail(log_path(job, logs_dir), log_lines))
     if job.kind != "train" or not job.run_dir:
         return progress
     run_dir = Path(job.run_dir)

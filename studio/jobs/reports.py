@@ -101,7 +101,11 @@ def exported_files(out_dir: str | Path) -> list[Path]:
 
 
 def model_card(out_dir: str | Path) -> str | None:
+    """The export's model card as Markdown to display (its YAML front matter, meant for the Hub, removed)."""
     for path in exported_files(out_dir):
         if path.name in MODEL_CARD_NAMES:
-            return path.read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if text.startswith("---\n") and "\n---\n" in text[4:]:
+                text = text[4:].split("\n---\n", 1)[1]
+            return text.strip()
     return None

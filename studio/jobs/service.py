@@ -87,11 +87,20 @@ def submit_eval(ws: Workspace, train_job: int | str, options: dict[str, Any] | N
 
 
 def submit_export(ws: Workspace, train_job: int | str, formats: list[str], *, force: bool = True) -> Job:
-    """Queue an export of a finished training job into RUN/exports/."""
+    """Queue an export of a finished training job into ``RUN/exports/<formats>/`` (studio.export's default)."""
+    import json
+
     parent = training_job(ws, train_job)
     if not formats:
         raise StudioError("Choose at least one export format.")
-    params = {"formats": list(formats), "force": force, "out_dir": str(Path(parent.run_dir) / EXPORTS_DIR)}
+    method = json.loads((Path(parent.run_dir) / RESULT_FILE).read_text())["method"]
+    try:
+        from studio.export import parse_formats
+    except ImportError as error:
+        raise StudioError(f"Export is not available in this Studio install ({error}).") from error
+    chosen = parse_formats(method, list(formats))  # a bad format is reported now, not in the worker
+    out_dir = Path(parent.run_dir) / EXPORTS_DIR / "-".join(chosen)
+    params = {"formats": chosen, "force": force, "out_dir": str(out_dir)}
     return ws.store.add("export", parent.name, params, device=parent.device, run_dir=parent.run_dir, parent_id=parent.id)
 
 

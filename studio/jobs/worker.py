@@ -77,10 +77,13 @@ def run_export(job: Job) -> None:
     try:
         from studio.export import export_run
     except ImportError as error:
-        raise StudioError(f"Export is not available in this Studio install yet ({error}).") from error
+        raise StudioError(f"Export is not available in this Studio install ({error}).") from error
     params = job.params
-    result = export_run(job.run_dir, params["formats"], params["out_dir"], force=bool(params.get("force", True)))
-    print(f"exported to {params['out_dir']}: {result}", flush=True)
+    extra = _accepted(export_run, {"log": lambda message: print(message, flush=True)})
+    result = export_run(job.run_dir, params["formats"], params["out_dir"], force=bool(params.get("force", True)), **extra)
+    for item in getattr(result, "files", []) or []:
+        print(f"  {item.get('path')}: {item.get('format')} ({item.get('check', 'verified')})", flush=True)
+    print(f"exported to {params['out_dir']}", flush=True)
 
 
 RUNNERS = {"train": run_train, "eval": run_eval, "export": run_export}

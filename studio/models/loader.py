@@ -155,8 +155,19 @@ def load_base(
     allow_pickle: bool = False,
     torch_dtype=None,
     single_file_config: str | None = None,
+    vae: str | None = None,
 ) -> BaseModel:
-    """Load base model ``ref`` (built-in name, diffusers folder, single file, or hub id)."""
+    """Load base model ``ref`` (built-in name, diffusers folder, single file, or hub id); ``vae``
+    replaces its VAE (see :mod:`studio.models.vae`)."""
+    if vae:
+        from studio.models.vae import load_vae, replace_vae
+
+        base = load_base(ref, allow_pickle=allow_pickle, torch_dtype=torch_dtype, single_file_config=single_file_config)
+        config_folder = base.path if base.path is not None and base.path.is_dir() else single_file_config
+        replace_vae(base.pipeline, load_vae(vae, torch_dtype=torch_dtype, allow_pickle=allow_pickle,
+                                            config_folder=Path(config_folder) if config_folder else None))
+        base.extra["vae"] = vae
+        return base
     kind = describe_ref_kind(ref)
     path = Path(ref).expanduser()
     if kind == "builtin":

@@ -44,7 +44,7 @@ def build(ctx: Context) -> EvaluateTab:
     clip_choices, clip_default = backbone_choices("clip")
     dino_choices, dino_default = backbone_choices("dino")
     with gr.Row():
-        run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="eval-run", scale=3)
+        run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="eval-run", scale=3, allow_custom_value=True)
         start = gr.Button("Evaluate", variant="primary", elem_id="eval-start", scale=1)
     with gr.Accordion("Evaluation settings", open=False):
         with gr.Row():

@@ -15,7 +15,6 @@ from studio.errors import StudioError
 from studio.jobs import jobs_of_run, submit_export
 from studio.jobs.catalog import export_formats
 from studio.jobs.reports import exported_files, model_card
-from studio.jobs.service import EXPORTS_DIR
 from webui.context import Context
 
 
@@ -30,7 +29,7 @@ def build(ctx: Context) -> ExportTab:
     seen = gr.State(None)
     formats = export_formats()
     with gr.Row():
-        run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="export-run", scale=3)
+        run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="export-run", scale=3, allow_custom_value=True)
         start = gr.Button("Export", variant="primary", elem_id="export-start", scale=1)
     chosen = gr.CheckboxGroup(formats, value=formats[:1], label="Formats", elem_id="export-formats")
     status = gr.Markdown(elem_id="export-status")
@@ -46,6 +45,14 @@ def build(ctx: Context) -> ExportTab:
             return f"❌ {error}"
         return f"Queued {job.label}; the files appear here when it finishes."
 
+    def on_run(run):
+        try:
+            method = ctx.ws.store.get(int(run)).params.get("config", {}).get("method")
+        except (StudioError, ValueError, TypeError):
+            return gr.skip()
+        choices = export_formats(method)
+        return gr.update(choices=choices, value=choices[:1])
+
     def refresh(run, seen):
         if not run:
             choices = ctx.run_choices()
@@ -56,19 +63,23 @@ def build(ctx: Context) -> ExportTab:
             train_job = ctx.ws.store.get(int(run))
         except (StudioError, ValueError):
             return gr.skip(), "", gr.skip(), gr.skip(), seen
-        out_dir = Path(train_job.run_dir) / EXPORTS_DIR
         jobs = jobs_of_run(ctx.ws, train_job.id, "export")
-        found = exported_files(out_dir)
+        latest = jobs[0] if jobs else None
+        done = next((j for j in jobs if j.state == "finished"), None)
+        out_dir = Path(done.params["out_dir"]) if done else None
+        found = exported_files(out_dir) if out_dir else []
         signature = (run, [(j.id, j.state) for j in jobs], [(str(p), p.stat().st_mtime) for p in found])
         if signature == seen:
             return (gr.skip(),) * 4 + (seen,)
-        latest = jobs[0] if jobs else None
         text = "Not exported yet." if latest is None else (
-            f"{latest.label}: **{latest.state}**" + (f" — {latest.reason}" if latest.reason else ""))
-        card_text = model_card(out_dir) or ""
+            f"{latest.label} ({', '.join(latest.params.get('formats', []))}): **{latest.state}**"
+            + (f" — {latest.reason}" if latest.reason else "")
+            + (f"\n\nFiles of #{done.id} in `{out_dir}`:" if done else ""))
+        card_text = (model_card(out_dir) or "") if out_dir else ""
         return gr.skip(), text, [str(p) for p in found] or None, card_text, signature
 
     start.click(on_start, [run, chosen], status, api_name="start_export")
+    run.input(on_run, run, chosen, api_name=False)
     timer.tick(refresh, [run, seen], [run, status, files, card, seen], show_progress="hidden", api_name=False)
     run.focus(lambda: gr.update(choices=ctx.run_choices()), None, run, api_name=False)
     return ExportTab(run, timer)

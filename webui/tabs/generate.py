@@ -29,12 +29,12 @@ def parse_weights(text: str, count: int) -> list[float]:
 
 def build(ctx: Context) -> GenerateTab:
     with gr.Row():
-        runs = gr.Dropdown(ctx.run_choices(), multiselect=True, label="Trained runs", elem_id="gen-runs", scale=3,
+        runs = gr.Dropdown(ctx.run_choices(), multiselect=True, label="Trained runs", elem_id="gen-runs", scale=3, allow_custom_value=True,
                            info="Several LoRA / textual-inversion runs of one base can be combined.")
         weights = gr.Textbox("1.0", label="Adapter weights", elem_id="gen-weights", scale=1,
                              info="One per chosen run, in order (LoRA strength).")
-    prompt = gr.Textbox(label="Prompt", elem_id="gen-prompt", info="Use the run's identifier, e.g. 'a sks dog on a beach'.")
-    negative = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
+    prompt = gr.Textbox("", label="Prompt", elem_id="gen-prompt", info="Use the run's identifier, e.g. 'a sks dog on a beach'.")
+    negative = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
     with gr.Row():
         guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
         steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="gen-steps")

@@ -19,6 +19,7 @@ from studio.jobs.progress import JobProgress, progress_dict
 from webui.context import Context
 
 POLL_S = 1.0
+LOG_LINES = 14
 TABLE_HEADERS = ["id", "kind", "name", "state", "created", "of job"]
 
 
@@ -55,7 +56,7 @@ def build(ctx: Context) -> JobsTab:
     seen = gr.State({})
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="jobs-table", label="Queue", max_height=240)
     with gr.Row():
-        select = gr.Dropdown([], label="Job", elem_id="job-select", scale=3)
+        select = gr.Dropdown([], label="Job", elem_id="job-select", scale=3, allow_custom_value=True)
         cancel_button = gr.Button("Cancel", elem_id="job-cancel", variant="stop", scale=1, interactive=False)
         resume_button = gr.Button("Resume", elem_id="job-resume", scale=1, interactive=False)
     progress = gr.HTML(progress_html(None), elem_id="job-progress")
@@ -65,7 +66,8 @@ def build(ctx: Context) -> JobsTab:
                            elem_id="loss-plot", label="Loss")
         samples = gr.Gallery(label="Validation samples (newest first)", columns=4, height=300, elem_id="job-samples",
                              interactive=False)
-    log = gr.Textbox(label="Log", lines=10, max_lines=10, interactive=False, autoscroll=True, elem_id="job-log")
+    log = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, autoscroll=True,
+                     elem_id="job-log")
 
     outputs = [table, select, progress, reason, loss, samples, log, cancel_button, resume_button, seen]
 
@@ -82,7 +84,7 @@ def build(ctx: Context) -> JobsTab:
                 selected = str(jobs[0].id)
             updates["select"] = gr.update(choices=choices, value=selected)
         job = next((j for j in jobs if str(j.id) == str(selected)), None)
-        snap = job_progress(job, ctx.ws.logs_dir) if job else None
+        snap = job_progress(job, ctx.ws.logs_dir, log_lines=LOG_LINES) if job else None
         key = job.id if job else None
         html_text = progress_html(snap)
         if seen.get("progress") != html_text:
@@ -127,7 +129,13 @@ def build(ctx: Context) -> JobsTab:
 
     timer.tick(refresh, [select, seen], outputs, show_progress="hidden", api_name=False)
     select.input(on_select, [select, seen], outputs, show_progress="hidden", api_name=False)
-    cancel_button.click(lambda s: act(cancel, s), select, None, api_name="cancel_job")
-    resume_button.click(lambda s: act(resume, s), select, None, api_name="resume_job")
+    def cancel_job(job_id):
+        act(cancel, job_id)
+
+    def resume_job(job_id):
+        act(resume, job_id)
+
+    cancel_button.click(cancel_job, select, None, api_name="cancel_job")
+    resume_button.click(resume_job, select, None, api_name="resume_job")
     gr.api(job_info, api_name="job_info")
     return JobsTab(select, timer)

@@ -62,11 +62,11 @@ def build(ctx: Context) -> SubjectTab:
                                  object_fit="contain", interactive=False)
             report = gr.HTML(elem_id="subject-messages")
     with gr.Row():
-        name = gr.Textbox(label="Subject name", placeholder="my-dog", elem_id="subject-name",
+        name = gr.Textbox("", label="Subject name", placeholder="my-dog", elem_id="subject-name",
                           info="Becomes a folder name (letters, digits, - and _ are kept).")
         identifier = gr.Textbox(label="Identifier", value="sks", elem_id="subject-identifier",
                                 info="A rare single token that will stand for your subject.")
-        class_noun = gr.Textbox(label="Class noun", placeholder="dog", elem_id="subject-class",
+        class_noun = gr.Textbox("", label="Class noun", placeholder="dog", elem_id="subject-class",
                                 info="What the subject is: dog, backpack, teddy bear...")
         base = gr.Dropdown(base_model_choices(), value=DEFAULT_BASE, allow_custom_value=True,
                            label="Tokenizer of", elem_id="subject-base", info="The base model you will train.")

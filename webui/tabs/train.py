@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import gradio as gr
@@ -41,11 +42,11 @@ def build(ctx: Context) -> TrainTab:
     with gr.Row():
         subjects = subject_choices(ctx)
         subject = gr.Dropdown(subjects, value=subjects[0] if subjects else None, label="Subject",
-                              elem_id="train-subject", info="Created in the Subject tab.", allow_custom_value=False)
+                              elem_id="train-subject", info="Created in the Subject tab.", allow_custom_value=True)
         refresh = gr.Button("↻", elem_id="train-refresh", scale=0, min_width=40)
         recipe = gr.Dropdown([NO_RECIPE, *recipes], value=initial_recipe, label="Recipe", elem_id="train-recipe",
                              info="Starting values for every setting below.")
-        name = gr.Textbox(label="Job name", placeholder="(the subject's name)", elem_id="train-name")
+        name = gr.Textbox("", label="Job name", placeholder="(the subject's name)", elem_id="train-name")
     recipe_info = gr.Markdown(recipe_description(initial_recipe) if initial_recipe != NO_RECIPE else "",
                               elem_id="train-recipe-info")
     settings = setting_widgets(values, dynamic_choices={"base": base_model_choices()}, method=values["method"])
@@ -66,6 +67,7 @@ def build(ctx: Context) -> TrainTab:
         return visibility_updates(settings, method)
 
     def on_start(subject, recipe, name, *widget_values):
+        """Queue a training job; API callers may pass any setting by name (e.g. steps=30)."""
         try:
             if not subject:
                 raise StudioError("Choose a subject first (create one in the Subject tab).")
@@ -73,12 +75,16 @@ def build(ctx: Context) -> TrainTab:
             config = load_config(None if recipe == NO_RECIPE else recipe, overrides)
             job = submit_train(ctx.ws, config, subject, name=name or None)
         except StudioError as error:
-            return f"❌ {error}", gr.skip()
+            return f"❌ {error}", None
         return f"✅ Queued {job.label}: {config.method}, {config.steps} steps on {config.base}.", job.id
 
     refresh.click(lambda: gr.update(choices=subject_choices(ctx)), None, subject, api_name=False)
     subject.focus(lambda: gr.update(choices=subject_choices(ctx)), None, subject, api_name=False)
     recipe.change(on_recipe, recipe, [recipe_info, *settings.widgets], api_name=False)
     settings.widget("method").change(on_method, settings.widget("method"), settings.widgets, api_name=False)
+    # Name the API parameters after the settings, so gradio_client callers can write steps=30.
+    on_start.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("subject", "recipe", "name", *settings.names)]
+    )
     start.click(on_start, [subject, recipe, name, *settings.widgets], [status, job_id], api_name="start_training")
     return TrainTab(subject, start, status, job_id, settings)

@@ -1,0 +1,188 @@
+"""``export_run``: write a finished run in the formats other tools load, verify each, add a model card.
+
+The whole export is built in a temporary sibling of ``out_dir`` and renamed into place only after
+every file passed verification, so ``out_dir`` either holds a complete, verified export or nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from studio.atomic import atomic_dir, write_json, write_text
+from studio.errors import StudioError
+from studio.export.context import ExportContext, render_spec, replace_word
+from studio.export.full_model import FULL_FORMATS, export_dreambooth_run
+from studio.export.lora_export import LORA_FORMATS, export_lora_run
+from studio.export.model_card import read_eval_scores, render_card
+from studio.export.ti_export import TI_FORMATS, export_ti_run
+from studio.export.verify import IMAGE_TOLERANCE
+from studio.quiet import quiet_loaders
+from studio.runs import load_run
+
+FORMATS_BY_METHOD: dict[str, tuple[str, ...]] = {
+    "lora": LORA_FORMATS,
+    "textual_inversion": TI_FORMATS,
+    "dreambooth": FULL_FORMATS,
+}
+# Every format name any run can export (each run accepts those of its method: formats_for()).
+FORMATS: tuple[str, ...] = tuple(dict.fromkeys(f for names in FORMATS_BY_METHOD.values() for f in names))
+ALIASES = {
+    "lora": {"webui": "kohya", "a1111": "kohya", "comfyui": "kohya", "sd-scripts": "kohya"},
+    "textual_inversion": {"webui": "a1111", "comfyui": "a1111", "kohya": "a1111"},
+    "dreambooth": {"single_file": "single-file", "singlefile": "single-file", "safetensors": "single-file",
+                   "ckpt": "single-file", "svd": "lora"},
+}
+DEFAULT_RANK = 16
+REPORT_FILE = "export.json"
+CARD_FILE = "README.md"
+EXAMPLE_IMAGE = "images/example.png"
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    formats: list[str]
+    files: list[dict[str, Any]]
+    report: dict[str, Any]
+    url: str | None = None
+
+
+def formats_for(method: str) -> tuple[str, ...]:
+    """The formats a run of ``method`` exports as."""
+    return FORMATS_BY_METHOD[method]
+
+
+def parse_formats(method: str, formats: str | Iterable[str]) -> list[str]:
+    """Normalise ``"kohya,diffusers"`` / a list / ``"all"`` to this method's canonical format names."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    allowed = FORMATS_BY_METHOD[method]
+    chosen: list[str] = []
+    for raw in items:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name == "all":
+            chosen += [f for f in allowed if f not in chosen]
+            continue
+        name = ALIASES[method].get(name, name)
+        if name not in allowed:
+            raise StudioError(
+                f"'{raw.strip()}' is not an export format for a {method} run; choose from {', '.join(allowed)} "
+                "(or 'all')."
+            )
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise StudioError(f"No export format given; a {method} run exports as {', '.join(allowed)}.")
+    return chosen
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StudioError(f"--out {out_dir} is a file; give a folder path.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise StudioError(f"{out_dir} already exists and is not empty; choose another --out or pass --force to replace it.")
+
+
+def export_run(
+    run_dir: str | Path,
+    formats: str | Iterable[str],
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    *,
+    rank: int = DEFAULT_RANK,
+    push_to_hub: str | None = None,
+    license: str = "creativeml-openrail-m",
+    log: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export the finished run at ``run_dir`` as ``formats`` into ``out_dir`` (default ``RUN/exports/<formats>``).
+
+    Raises :class:`StudioError` before any work for a bad format, an existing ``out_dir`` without
+    ``force``, or ``push_to_hub`` without network/token; and after the work if any file fails its
+    reload check (then nothing is left at ``out_dir``).
+    """
+    log = log or (lambda message: None)
+    run = load_run(run_dir)
+    result = run.require_finished()
+    method = result["method"]
+    chosen = parse_formats(method, formats)
+    if rank < 1:
+        raise StudioError(f"--rank must be at least 1 (got {rank}).")
+    _check_supported(str(result.get("family", "sd1")), chosen)
+    out = Path(out_dir).expanduser() if out_dir else run.directory / "exports" / "-".join(chosen)
+    _check_out_dir(out, force)
+    token = None
+    if push_to_hub:
+        from studio.export.hub import check_hub_ready
+
+        token = check_hub_ready(push_to_hub)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    with atomic_dir(out, replace=force) as tmp, quiet_loaders():
+        ctx = ExportContext(run=run, out=tmp, spec=render_spec(run), log=log)
+        log(f"Exporting {run.directory.name} ({method}) as {', '.join(chosen)}; verifying each file by reloading it")
+        if method == "lora":
+            export_lora_run(ctx, chosen)
+        elif method == "textual_inversion":
+            export_ti_run(ctx, chosen)
+        else:
+            export_dreambooth_run(ctx, chosen, rank)
+        report = _write_card_and_report(ctx, chosen, license)
+    url = None
+    if push_to_hub and token:
+        from studio.export.hub import push_folder
+
+        log(f"Uploading {out} to the Hub repository {push_to_hub}")
+        url = push_folder(out, push_to_hub, token)
+    return ExportResult(out, chosen, ctx.files, report, url)
+
+
+def _typed_instance_prompt(run) -> str:
+    """The instance prompt as a user types it into a pipeline (TI: the placeholder, not its expansion)."""
+    return replace_word(run.subject.instance_prompt, run.subject.identifier, run.token)
+
+
+def _check_supported(family: str, formats: list[str]) -> None:
+    """Refuse, before any work, combinations no writer supports yet."""
+    if family == "sdxl" and "kohya" in formats:
+        raise StudioError("kohya/webui export of SDXL LoRAs is not supported yet; use --format diffusers "
+                          "(ComfyUI and Forge load it too) or peft.")
+    if family != "sd1" and "single-file" in formats:
+        raise StudioError(f"Single-file export supports SD1.x models only (this run is {family}); use --format diffusers.")
+
+
+def _write_card_and_report(ctx: ExportContext, formats: list[str], license: str) -> dict[str, Any]:
+    image = Image.fromarray((ctx.reference_image() * 255).round().clip(0, 255).astype("uint8"))
+    (ctx.out / EXAMPLE_IMAGE).parent.mkdir(parents=True, exist_ok=True)
+    image.save(ctx.out / EXAMPLE_IMAGE)
+    run = ctx.run
+    settings = {key: getattr(run.config, key, None) for key in vars(run.config)}
+    scores = read_eval_scores(run.directory)
+    info = {
+        "method": run.method, "base": ctx.base, "title": ctx.stem,
+        "token": run.token, "instance_prompt": _typed_instance_prompt(run),
+        "prompt": ctx.spec.prompt, "settings": settings, "files": ctx.files, "usage": ctx.usage,
+        "scores": scores, "notes": ctx.notes, "example_image": EXAMPLE_IMAGE, "license": license,
+    }
+    write_text(ctx.out / CARD_FILE, render_card(info))
+    report = {
+        "run": str(run.directory),
+        "method": run.method,
+        "base": ctx.base,
+        "formats": formats,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "verification": {"prompt": ctx.spec.prompt, "seed": ctx.spec.seed, "steps": ctx.spec.steps,
+                         "guidance": ctx.spec.guidance, "height": ctx.spec.height, "width": ctx.spec.width,
+                         "device": "cpu", "dtype": "float32", "image_tolerance": IMAGE_TOLERANCE},
+        "files": ctx.files,
+        "eval_scores": scores,
+        **ctx.extra,
+    }
+    write_json(ctx.out / REPORT_FILE, report)
+    return report

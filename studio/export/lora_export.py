@@ -1,0 +1,135 @@
+"""Export a LoRA (a LoRA run's, or one extracted from a DreamBooth run) and prove each file reloads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from studio.export.context import ExportContext
+from studio.export.lora_kohya import save_kohya_lora
+from studio.export.lora_peft import save_peft_folders
+from studio.export.lora_weights import (
+    LORA_WEIGHTS_FILE,
+    LoraWeights,
+    read_diffusers_lora,
+    save_diffusers_lora_weights,
+)
+from studio.export.verify import (
+    IMAGE_TOLERANCE,
+    check_image,
+    check_lora_loaded,
+    image_difference,
+    render,
+)
+
+ADAPTER = "verify"
+LORA_FORMATS = ("diffusers", "kohya", "peft")
+
+
+def export_lora_run(ctx: ExportContext, formats: list[str]) -> None:
+    source = ctx.run.directory / ctx.result["artifact"] / LORA_WEIGHTS_FILE
+    weights = read_diffusers_lora(source)
+    ctx.extra["lora_modules"] = len(weights.modules)
+    if "diffusers" in formats:
+        target = ctx.out / LORA_WEIGHTS_FILE
+        shutil.copyfile(source, target)  # the run's own file, written by diffusers' save_lora_weights
+        _verify_lora_file(ctx, target, weights, "diffusers")
+    if "kohya" in formats:
+        target = save_kohya_lora(weights, ctx.out / f"{ctx.stem}.safetensors", ctx.family, kohya_info(ctx))
+        _verify_lora_file(ctx, target, weights, "kohya")
+    if "peft" in formats:
+        folders = save_peft_folders(weights, ctx.out / "peft", ctx.base)
+        _verify_peft(ctx, folders, weights)
+    ctx.usage += lora_usage(ctx, formats, ".")
+
+
+def export_extracted_lora(ctx: ExportContext, weights: LoraWeights, directory: Path) -> None:
+    """The SVD LoRA of a DreamBooth run in diffusers + kohya layout; its image gap is reported, not failed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pipeline_class = ctx.family.pipeline_classes()[0]
+    diffusers_file = save_diffusers_lora_weights(weights, directory, pipeline_class)
+    kohya_file = save_kohya_lora(weights, directory / f"{ctx.stem}-lora.safetensors", ctx.family, kohya_info(ctx))
+    for path, fmt in ((diffusers_file, "diffusers"), (kohya_file, "kohya")):
+        _verify_lora_file(ctx, path, weights, f"{fmt} (SVD rank {ctx.extra['svd']['rank']})", compare=False)
+    ctx.usage += lora_usage(ctx, ["diffusers", "kohya"], directory.relative_to(ctx.out).as_posix(),
+                            kohya_stem=kohya_file.stem)
+
+
+def kohya_info(ctx: ExportContext) -> dict:
+    config = ctx.run.config
+    return {
+        "title": ctx.stem,
+        "trigger_phrase": ctx.run.token,
+        "resolution": config.resolution,
+        "steps": ctx.result.get("steps", config.steps),
+        "learning_rate": config.learning_rate,
+        "description": f"{ctx.run.method} of {ctx.base} on '{ctx.run.subject.instance_prompt}' (Studio)",
+    }
+
+
+def _verify_lora_file(ctx: ExportContext, path: Path, weights: LoraWeights, fmt: str, compare: bool = True) -> None:
+    what = f"{fmt} LoRA {path.name}"
+    pipe = ctx.fresh_base()
+    pipe.load_lora_weights(str(path), adapter_name=ADAPTER, use_safetensors=True)
+    layers = check_lora_loaded(pipe, ADAPTER, weights, what)
+    difference = image_difference(render(pipe, ctx.spec), ctx.reference_image())
+    if compare:
+        check_image(what, difference)
+        check = f"{layers} LoRA layers loaded by diffusers load_lora_weights; max pixel diff {difference:.1e}"
+    else:
+        ctx.extra.setdefault("svd_image_difference", {})[fmt.split()[0]] = difference
+        check = f"{layers} LoRA layers loaded by diffusers load_lora_weights; max pixel diff to DreamBooth {difference:.3f}"
+    consumer = "diffusers, ComfyUI" if fmt.startswith("diffusers") else "A1111, Forge, ComfyUI, diffusers"
+    ctx.record(path, f"LoRA ({fmt})", consumer, check, layers=layers, max_abs_diff=difference,
+               tolerance=IMAGE_TOLERANCE if compare else None)
+
+
+def _verify_peft(ctx: ExportContext, folders: list[Path], weights: LoraWeights) -> None:
+    from peft import PeftModel
+
+    pipe = ctx.fresh_base()
+    for folder in folders:
+        # PeftModel injects the adapter into the module in place; the pipeline keeps using that module.
+        PeftModel.from_pretrained(getattr(pipe, folder.name), str(folder), adapter_name=ADAPTER)
+    layers = check_lora_loaded(pipe, ADAPTER, weights, "PEFT adapter folders")
+    difference = image_difference(render(pipe, ctx.spec), ctx.reference_image())
+    check_image("PEFT adapter folders", difference)
+    for folder in folders:
+        count = len(weights.by_component(folder.name))
+        ctx.record(folder, "LoRA (PEFT adapter)", "peft PeftModel.from_pretrained",
+                   f"{count} LoRA layers loaded by PeftModel.from_pretrained; max pixel diff {difference:.1e}",
+                   layers=count, max_abs_diff=difference, tolerance=IMAGE_TOLERANCE)
+    ctx.extra["peft_layers"] = layers
+
+
+def lora_usage(ctx: ExportContext, formats: list[str], where: str, kohya_stem: str | None = None) -> list[str]:
+    pipeline_class = ctx.family.pipeline_classes()[0].__name__
+    prompt = ctx.spec.prompt
+    folder = "DIR" if where == "." else f"DIR/{where}"
+    snippets = []
+    if "diffusers" in formats:
+        subfolder = "" if where == "." else f", subfolder=\"{where}\""
+        snippets.append(
+            f"**diffusers**:\n\n```python\nfrom diffusers import {pipeline_class}\n\n"
+            f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n"
+            f"pipe.load_lora_weights(\"DIR\"{subfolder}, weight_name=\"{LORA_WEIGHTS_FILE}\")\n"
+            f"image = pipe(\"{prompt}\", num_inference_steps=30, guidance_scale=7.5).images[0]\n```"
+        )
+    if "kohya" in formats:
+        stem = kohya_stem or ctx.stem
+        snippets.append(
+            f"**AUTOMATIC1111 / Forge**: copy `{stem}.safetensors` into `models/Lora/` and write "
+            f"`<lora:{stem}:1> {prompt}`. **ComfyUI**: copy it into `models/loras/` and add a *LoraLoader* node "
+            f"between the checkpoint loader and the sampler. diffusers also reads it: "
+            f"`pipe.load_lora_weights(\"{folder}/{stem}.safetensors\")`."
+        )
+    if "peft" in formats:
+        snippets.append(
+            "**PEFT** (one adapter folder per component):\n\n```python\nimport os\n\n"
+            f"from diffusers import {pipeline_class}\nfrom peft import PeftModel\n\n"
+            f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n"
+            "for name in (\"unet\", \"text_encoder\"):\n"
+            "    if os.path.isdir(f\"DIR/peft/{name}\"):\n"
+            "        PeftModel.from_pretrained(getattr(pipe, name), f\"DIR/peft/{name}\")\n```"
+        )
+    return snippets

@@ -1,0 +1,115 @@
+"""Export a textual-inversion run (diffusers and A1111 embedding files) and prove each file reloads.
+
+SD1.x/2.x runs have one embedding file; SDXL runs have one per text encoder
+(``learned_embeds_text_encoder[_2].safetensors``), which the A1111 layout joins as ``clip_l``/``clip_g``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from studio.errors import StudioError
+from studio.export.context import ExportContext, replace_word
+from studio.export.ti import A1111_KEY, DIFFUSERS_FILE, SDXL_KEYS, a1111_name, read_learned_embeds
+from studio.export.verify import (
+    IMAGE_TOLERANCE,
+    check_embeddings_loaded,
+    check_image,
+    image_difference,
+    render,
+)
+
+TI_FORMATS = ("diffusers", "a1111")
+ENCODER_KEYS = dict(zip(("text_encoder", "text_encoder_2"), SDXL_KEYS, strict=True))
+
+
+def _run_embeddings(ctx: ExportContext) -> tuple[str, dict[str, Path], dict[str, torch.Tensor]]:
+    """(token, file per text encoder, rows per text encoder) of the run."""
+    artifact = ctx.run.directory / ctx.result["artifact"]
+    files = {"text_encoder": artifact / DIFFUSERS_FILE} if (artifact / DIFFUSERS_FILE).is_file() else {
+        p.stem.removeprefix("learned_embeds_"): p for p in sorted(artifact.glob("learned_embeds_*.safetensors"))}
+    if not files:
+        raise StudioError(f"{artifact} holds no learned_embeds*.safetensors; the run's result is incomplete.")
+    tokens, rows = set(), {}
+    for encoder, path in files.items():
+        token, rows[encoder] = read_learned_embeds(path)
+        tokens.add(token)
+    if len(tokens) != 1:
+        raise StudioError(f"{artifact}: the embedding files name different tokens {sorted(tokens)}.")
+    return tokens.pop(), files, rows
+
+
+def export_ti_run(ctx: ExportContext, formats: list[str]) -> None:
+    token, files, rows = _run_embeddings(ctx)
+    if "diffusers" in formats:
+        targets = {}
+        for encoder, source in files.items():
+            targets[encoder] = ctx.out / source.name
+            shutil.copyfile(source, targets[encoder])
+        _verify(ctx, {e: str(p) for e, p in targets.items()}, None, token, rows, "diffusers",
+                "diffusers load_textual_inversion", targets)
+    if "a1111" in formats:
+        name = a1111_name(token)
+        if list(rows) == ["text_encoder"]:
+            state = {A1111_KEY: rows["text_encoder"].float()}
+        else:
+            state = {ENCODER_KEYS[encoder]: value.float() for encoder, value in rows.items()}
+        from studio.atomic import save_safetensors
+
+        target = save_safetensors(state, ctx.out / f"{name}.safetensors",
+                                  metadata={"studio.token": token, "studio.base_model": ctx.base})
+        # diffusers reads a one-tensor file itself; SDXL's pair is loaded tensor by tensor, as its docs show
+        sources = {"text_encoder": str(target)} if A1111_KEY in state else {
+            encoder: state[key] for encoder, key in ENCODER_KEYS.items() if key in state}
+        _verify(ctx, sources, name, name, rows, "A1111", "A1111, Forge, ComfyUI, diffusers", {"a1111": target})
+    ctx.usage += _usage(ctx, formats, token, list(files.values()))
+
+
+def _verify(ctx: ExportContext, sources: dict, load_as: str | None, token: str, rows: dict[str, torch.Tensor],
+            fmt: str, consumer: str, written: dict[str, Path]) -> None:
+    """Load with diffusers' ``load_textual_inversion``; an A1111 file is loaded under its file-stem name,
+    and the prompt types that name, as a webui user would."""
+    what = f"{fmt} embedding {', '.join(p.name for p in written.values())}"
+    pipe = ctx.fresh_base()
+    tokens = [token] + [f"{token}_{i}" for i in range(1, next(iter(rows.values())).shape[0])]
+    vectors = 0
+    for encoder, source in sources.items():
+        tokenizer = getattr(pipe, encoder.replace("text_encoder", "tokenizer"))
+        pipe.load_textual_inversion(source, token=load_as or (token if not isinstance(source, str) else None),
+                                    text_encoder=getattr(pipe, encoder), tokenizer=tokenizer)
+        vectors = check_embeddings_loaded(pipe, tokens, rows[encoder], what, encoder=encoder)
+    prompt = replace_word(ctx.spec.prompt, ctx.run.token, token)
+    difference = image_difference(render(pipe, ctx.spec, prompt=prompt), ctx.reference_image())
+    check_image(what, difference)
+    for path in written.values():
+        ctx.record(path, f"embedding ({fmt})", consumer,
+                   f"{vectors} vectors loaded by diffusers load_textual_inversion; max pixel diff {difference:.1e}",
+                   vectors=vectors, max_abs_diff=difference, tolerance=IMAGE_TOLERANCE)
+
+
+def _usage(ctx: ExportContext, formats: list[str], token: str, files: list[Path]) -> list[str]:
+    pipeline_class = ctx.family.pipeline_classes()[0].__name__
+    snippets = []
+    if "diffusers" in formats:
+        loads = "".join(
+            f"pipe.load_textual_inversion(\"DIR/{path.name}\", text_encoder=pipe.{encoder}, "
+            f"tokenizer=pipe.{encoder.replace('text_encoder', 'tokenizer')})\n"
+            if len(files) > 1 else f"pipe.load_textual_inversion(\"DIR/{path.name}\")\n"
+            for path, encoder in zip(files, ("text_encoder", "text_encoder_2"), strict=False)
+        )
+        snippets.append(
+            f"**diffusers**:\n\n```python\nfrom diffusers import {pipeline_class}\n\n"
+            f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n{loads}"
+            f"image = pipe(\"{ctx.spec.prompt}\").images[0]\n```"
+        )
+    if "a1111" in formats:
+        name = a1111_name(token)
+        snippets.append(
+            f"**AUTOMATIC1111 / Forge**: copy `{name}.safetensors` into `embeddings/` and type `{name}` in the prompt "
+            f"(e.g. `{replace_word(ctx.spec.prompt, ctx.run.token, name)}`). **ComfyUI**: copy it into `models/embeddings/` "
+            f"and write `embedding:{name}`."
+        )
+    return snippets

@@ -1,0 +1,220 @@
+"""The whole studio in a real browser: Debian's Chromium, headless, driven by Playwright, offline.
+
+subject (4 photos) -> LoRA job on tiny-sd -> live progress, loss curve and samples -> evaluate ->
+export and download -> generate. The page may talk to 127.0.0.1 only and must log no console
+errors. Chromium comes from ``scripts/install_browser`` (Debian's package; `playwright install` is
+never used); without /usr/bin/chromium these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from test_jobs import SAMPLE_IMAGES, fresh_workspace
+from test_webui_api import UIServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+STEPS = 30
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing; run scripts/install_browser"),
+]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, tiny_data_dir):
+    ws = fresh_workspace(tmp_path_factory, tiny_data_dir, "webui-browser")
+    server = UIServer(ws, ws.root / "ui.log").start()
+    yield server
+    server.stop()
+    server.kill_workers()
+
+
+@pytest.fixture(scope="module")
+def browser_page(ui):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        outside, errors = [], []
+        context.on("request", lambda r: None if r.url.startswith("http://127.0.0.1:") else outside.append(r.url))
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(ui.url)
+        page.wait_for_selector("#subject-files", timeout=60_000)
+        page.studio_log = (outside, errors)  # type: ignore[attr-defined]
+        yield page
+        context.close()
+        browser.close()
+    assert not outside, f"the page contacted other hosts: {outside}"
+    assert not errors, f"console errors: {errors}"
+
+
+# ---------------------------------------------------------------------------- helpers
+def open_tab(page, name: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} tab {name}", flush=True)
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def fill_text(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input:not([type=file])").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def choose(page, elem_id: str, label_pattern: str) -> None:
+    page.locator(f"#{elem_id} input[role=combobox]").click()
+    page.locator("[role=option]").filter(has_text=re.compile(label_pattern)).first.click()
+
+
+def wait_text(page, elem_id: str, pattern: str, timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.locator(f"#{elem_id}").inner_text()
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"#{elem_id} never matched {pattern!r}; last text: {text!r}")
+
+
+def progress(page) -> tuple[str, int, int]:
+    bar = page.locator("#job-progress .job-progress")
+    return bar.get_attribute("data-state") or "", int(bar.get_attribute("data-step") or 0), int(bar.get_attribute("data-total") or 0)
+
+
+# ---------------------------------------------------------------------------- the flow
+def test_subject_train_and_watch_progress(browser_page, ui):
+    page = browser_page
+    fill_number(page, "subject-resolution", 64)
+    page.set_input_files("#subject-files input[type=file]", SAMPLE_IMAGES)
+    page.wait_for_function("document.querySelectorAll('#subject-preview .grid-wrap img').length == 4", timeout=120_000)
+    assert "look fine" in page.locator("#subject-messages").inner_text()
+    fill_text(page, "subject-name", "Toy Bear")
+    fill_text(page, "subject-class", "toy")
+    page.click("#subject-create")
+    wait_text(page, "subject-status", r"Subject \*?\*?toy-bear|created", 180)
+
+    open_tab(page, "Train")
+    page.wait_for_function("document.querySelector('#train-subject input').value == 'toy-bear'", timeout=30_000)
+    fill_number(page, "setting-steps", STEPS)
+    fill_number(page, "setting-batch_size", 1)
+    page.locator("#train-advanced").get_by_text("Advanced").click()
+    for name, value in (("sample_every", 10), ("checkpoint_every", 10), ("sample_steps", 3), ("log_every", 1)):
+        fill_number(page, f"setting-{name}", value)
+    page.click("#train-start")
+    wait_text(page, "train-status", "Queued", 60)
+
+    # The Jobs tab opens on the new job; watch it move, cancel it after its first checkpoint, resume it.
+    page.wait_for_selector("#job-progress .job-progress[data-total]", timeout=60_000)
+    seen_steps, seen_points, seen_samples = set(), set(), set()
+    cancelled = False
+    state = ""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        state, step, total = progress(page)
+        seen_steps.add(step)
+        seen_points.add(page.locator("#loss-plot [aria-roledescription=point]").count())
+        seen_samples.add(page.locator("#job-samples .grid-wrap img").count())
+        if state == "running" and step >= 11 and not cancelled:
+            page.click("#job-cancel")
+            cancelled = True
+        if state == "cancelled":
+            assert 10 <= step < STEPS, step
+            page.wait_for_selector("#job-resume:not([disabled])", timeout=30_000)
+            page.click("#job-resume")
+            page.wait_for_selector("#job-progress .job-progress:not([data-state=cancelled])", timeout=30_000)
+        if state in ("finished", "failed"):
+            break
+        time.sleep(0.3)
+    assert cancelled and state == "finished", page.locator("#job-reason").inner_text()
+    assert total == STEPS and step == STEPS
+    assert any(0 < s < STEPS for s in seen_steps), f"progress never moved between 0 and {STEPS}: {sorted(seen_steps)}"
+    assert page.locator("#job-samples .grid-wrap img").count() == 8  # 2 prompts at steps 0, 10, 20, 30
+    assert len({n for n in seen_samples if 0 < n < 8}) >= 1, f"the gallery did not grow: {sorted(seen_samples)}"
+    assert len(seen_points - {0}) >= 2, f"the loss plot did not grow: {sorted(seen_points)}"
+    assert page.locator("#job-log textarea").input_value().strip().endswith("finished")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    job = ui.ws.store.list(kind="train")[0]
+    assert job.state == "finished" and (Path(job.run_dir) / "result.json").is_file()
+    from trainers.events import read_events
+
+    kinds = [e["type"] for e in read_events(job.run_dir)]
+    assert "cancelled" in kinds and "resumed" in kinds
+
+
+def test_evaluate_and_generate(browser_page, ui):
+    """Queue an evaluation; while its worker runs, use the Generate tab (it runs in the UI process)."""
+    page = browser_page
+    open_tab(page, "Evaluate")
+    choose(page, "eval-run", r"#\d+ lora toy-bear")
+    page.locator("#tab-evaluate").get_by_text("Evaluation settings").click()
+    fill_number(page, "eval-images-per-prompt", 1)
+    fill_number(page, "eval-max-prompts", 1)
+    fill_number(page, "eval-steps", 2)
+    assert page.locator("#eval-clip input").input_value() == "tiny-clip"
+    page.click("#eval-start")
+    wait_text(page, "eval-status", r"Queued|queued|running", 60)
+
+    open_tab(page, "Generate")
+    choose(page, "gen-runs", r"#\d+ lora toy-bear")
+    page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('sks')", timeout=30_000)
+    fill_number(page, "gen-steps", 3)
+    page.click("#gen-start")
+    page.wait_for_selector("#gen-personalised img", timeout=180_000)
+    page.wait_for_selector("#gen-base img", timeout=30_000)
+
+    open_tab(page, "Evaluate")
+    wait_text(page, "eval-status", r"finished|failed", 300)
+    assert "finished" in page.locator("#eval-status").inner_text(), page.locator("#eval-status").inner_text()
+    print(f"{time.strftime('%H:%M:%S')} eval finished", flush=True)
+    page.wait_for_selector("#eval-sheet img", timeout=30_000)
+    table = page.locator("#eval-scores").inner_text()
+    assert "this run" in table and "base model" in table
+    page.wait_for_selector("#eval-chart [aria-roledescription=bar], #eval-chart .mark-rect path", timeout=30_000)
+
+
+def test_export_and_download(browser_page, ui, tmp_path):
+    page = browser_page
+    open_tab(page, "Export")
+    choose(page, "export-run", r"#\d+ lora toy-bear")
+    page.wait_for_function("document.querySelectorAll('#export-formats input[type=checkbox]').length == 3", timeout=30_000)
+    for box in page.locator("#export-formats input[type=checkbox]:checked").all():
+        box.uncheck()
+    page.locator("#export-formats label").filter(has_text=re.compile(r"^\s*kohya\s*$")).locator("input").check()
+    print(f"{time.strftime('%H:%M:%S')} export start", flush=True)
+    page.click("#export-start")
+    wait_text(page, "export-status", r"finished|failed", 300)
+    assert "finished" in page.locator("#export-status").inner_text(), page.locator("#export-status").inner_text()
+    row = page.locator("#export-files tr.file").filter(has=page.locator("td.filename[aria-label$='.safetensors']"))
+    link = row.locator("a[data-testid=download-link]").first
+    link.wait_for(timeout=30_000)
+    assert "LoRA (kohya)" in page.locator("#export-card").inner_text()  # the model card is shown
+    with page.expect_download() as download_info:
+        link.click()
+    target = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(target)
+    from safetensors import safe_open
+
+    with safe_open(str(target), "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(k.startswith("lora_unet_") or k.startswith("lora_te") for k in keys)  # kohya key names
