@@ -49,7 +49,7 @@ def write_images(folder: Path, count: int, seed: int) -> list[Path]:
     import torch
     from PIL import Image
 
-    from studio.models.vae_fit import synthetic_images
+    from studio.models.synthetic import synthetic_images
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels = synthetic_images(count, IMAGE_SIZE, torch.Generator().manual_seed(seed))

@@ -4,15 +4,17 @@ For each method, in its own forked process, the real ``Trainer`` runs on tiny-sd
 ``--arch sd15``, on SD1.5's architecture with random weights) twice: with the fast path (the
 defaults: latents and text embeddings cached, VAE and text encoder released) and with caches off
 (``cache_latents=false, cache_text_embeddings=false``: VAE and text encoder run every step, as in
-the reference scripts). Step times come from the trainer's own step events (everything the loop
-does: data, noise, forward, backward, clipping, optimizer, events). Beside them, on the same
-batch, models and optimizer:
+the reference scripts). Trainer step times are taken between the trainer's own step events
+(everything the loop does: data, noise, forward, backward, clipping, optimizer, events). Inside
+the same run, interleaved with the trainer's steps (see ``Windows``), on a fixed batch with the
+trainer's own models and optimizer:
 
 - bare step: UNet forward + backward + optimizer step (textual inversion: text-encoder forward
   too, since its gradient flows through it) — the floor any trainer pays;
 - the VAE encode and text-encoder forward a caches-off step adds.
 
-Ratios use process CPU time, which other processes on a shared machine do not inflate.
+Ratios use process CPU time (on tiny-sd with one torch thread), which other processes on a shared
+machine inflate far less than wall time; steps/s is wall time.
 
     python -m benchmarks.train_speed                      # tiny-sd, all methods (~3 min on 2 cores)
     python -m benchmarks.train_speed --arch sd15 --methods lora --modes fast   # 512 px, real kernels
@@ -21,6 +23,7 @@ Ratios use process CPU time, which other processes on a shared machine do not in
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any
 
 from benchmarks import common
@@ -30,40 +33,85 @@ METHOD_SETTINGS = {
     "dreambooth": {"method": "dreambooth", "learning_rate": 2e-6},
     "textual_inversion": {"method": "textual_inversion", "num_vectors": 2, "learning_rate": 5e-3},
 }
-ARCHS = {  # resolution, batch size, warm-up steps, timed steps
-    "tiny-sd": (64, 2, 5, 40),
-    "sd15": (512, 1, 1, 1),
+ARCHS = {  # resolution, batch size, warm-up steps, timed steps, probe every N steps, probe repeats
+    "tiny-sd": (64, 2, 5, 80, 4, 4),
+    "sd15": (512, 1, 1, 1, 1, 1),
 }
 
 
-def _per_step(marks: list, first: int, last: int) -> dict[str, float]:
-    count = marks[last][0] - marks[first][0]
-    span = marks[last][1].since(marks[first][1])
-    return {key: value / count for key, value in span.items()}
+class Windows:
+    """Trainer steps and reference work, interleaved *inside* the training run.
+
+    At every ``every``-th step the step-event listener times ``repeats`` calls of each probe (bare
+    step, encoder forwards); the trainer steps between two such blocks form one window. Each
+    window gives a ratio (trainer step / bare step), and the median over windows is reported, so
+    a machine shared with other work shifts both sides of each ratio alike.
+    """
+
+    def __init__(self, functions: dict, warmup: int, repeats: int):
+        self.functions, self.warmup, self.repeats = functions, warmup, repeats
+        self.blocks: list[dict[str, dict[str, float]]] = []  # per block: probe -> per-call time
+        self.trainer: list[dict[str, float]] = []  # per window: trainer time per step
+        self.left: tuple[common.Clock, int] | None = None  # (clock, step) when the last block ended
+
+    def probe(self, step: int) -> None:
+        arrived = common.now()
+        if self.left is not None:
+            clock, since = self.left
+            self.trainer.append({k: v / (step - since) for k, v in arrived.since(clock).items()})
+        block = {}
+        for name, function in self.functions.items():
+            for _ in range(self.warmup if not self.blocks else 0):
+                function()
+            start = common.now()
+            for _ in range(self.repeats):
+                function()
+            block[name] = {k: v / self.repeats for k, v in common.now().since(start).items()}
+        self.blocks.append(block)
+        self.left = (common.now(), step)
+
+    def close(self, step: int) -> None:
+        clock, since = self.left
+        self.trainer.append({k: v / (step - since) for k, v in common.now().since(clock).items()})
+
+    def times(self, name: str, key: str = "cpu_s") -> list[float]:
+        return [t[key] for t in self.trainer] if name == "trainer" else [b[name][key] for b in self.blocks]
+
+    def ratio(self, numerator: str) -> dict[str, float]:
+        """(trainer step or a probe) / bare step: ratio of the fastest windows (interference only ever
+        adds time, so minima are the cleanest estimate) and the median of per-window ratios."""
+        top, bare = self.times(numerator), self.times("bare")
+        return {"min": min(top) / min(bare), "median": statistics.median(t / b for t, b in zip(top, bare, strict=True))}
 
 
-def run_trainer(method: str, arch: str, fast: bool, work) -> tuple[Any, dict[str, Any]]:
-    """Train ``warm-up + timed`` steps through ``Trainer.run``; per-step time and peak memory."""
+def run_trainer(method: str, arch: str, fast: bool, work) -> dict[str, Any]:
+    """Train ``warm-up + timed`` steps through ``Trainer.run``, probing between steps."""
     from studio.config import load_config
     from trainers import METHODS
     from trainers.base import Trainer, prepare_run_dir
 
-    resolution, batch, warmup, steps = ARCHS[arch]
+    resolution, batch, warmup, steps, every, repeats = ARCHS[arch]
     config = load_config(None, {
         **METHOD_SETTINGS[method], "base": "tiny-sd" if arch == "tiny-sd" else "sd15-arch-random",
-        "resolution": resolution, "batch_size": batch, "steps": warmup + steps, "sample_every": 0,
+        "resolution": resolution, "batch_size": batch, "steps": warmup + steps, "sample_every": 0, "log_every": 1,
         "checkpoint_every": 0, "prior_preservation": False, "cache_latents": fast, "cache_text_embeddings": fast,
     })
-    marks: list = []
+    state: dict[str, Any] = {}
 
     def listener(event: dict) -> None:
         if event["type"] == "started":
             common.reset_peak_rss()
             common.reset_gpu_peak()
-        elif event["type"] == "step":
-            timed = event["step"] in (warmup, warmup + steps)
-            marks.append((event["step"], common.now() if timed else common.Clock(),
-                          common.peak_rss_gb() if timed else None, common.gpu_peak_gb() if timed else None))
+        elif event["type"] == "step" and event["step"] >= warmup:
+            step = event["step"]
+            if step == warmup + steps:
+                state["windows"].close(step)
+                state["peak"] = (common.peak_rss_gb(), common.gpu_peak_gb())
+            elif (step - warmup) % every == 0:
+                if "windows" not in state:
+                    functions = {"bare": bare_step(trainer)} | ({} if fast else {"encoders": encoder_forwards(trainer)})
+                    state["windows"] = Windows(functions, warmup // 2, repeats)
+                state["windows"].probe(step)
 
     base = None
     if arch == "sd15":
@@ -74,24 +122,21 @@ def run_trainer(method: str, arch: str, fast: bool, work) -> tuple[Any, dict[str
     prepare_run_dir(config, common.subject(resolution), run_dir)
     trainer = Trainer(METHODS[method], config, run_dir, listener=listener, base=base)
     trainer.run()
-    per_step = _per_step(marks, warmup - 1, warmup + steps - 1)
-    return trainer, {
-        "fast_path": fast, "step_wall_s": per_step["wall_s"], "step_cpu_s": per_step["cpu_s"],
-        "steps_per_s": 1.0 / per_step["wall_s"], "peak_rss_gb": marks[-1][2], "gpu_max_allocated_gb": marks[-1][3],
+    windows: Windows = state["windows"]
+    step_wall = statistics.median(windows.times("trainer", "wall_s"))
+    figures = {
+        "fast_path": fast, "windows": len(windows.trainer), "step_cpu_s": min(windows.times("trainer")),
+        "step_wall_s": step_wall, "steps_per_s": 1.0 / step_wall, "bare_cpu_s": min(windows.times("bare")),
+        "trainer_per_bare": windows.ratio("trainer"), "peak_rss_gb": state["peak"][0], "gpu_max_allocated_gb": state["peak"][1],
         "released": list(getattr(trainer, "released", [])),
     }
+    if not fast:
+        figures["encoders_cpu_s"] = min(windows.times("encoders"))
+        figures["encoders_per_bare"] = windows.ratio("encoders")
+    return figures
 
 
-def _timed(function, warmup: int, repeats: int) -> dict[str, float]:
-    for _ in range(warmup):
-        function()
-    start = common.now()
-    for _ in range(repeats):
-        function()
-    return {key: value / repeats for key, value in common.now().since(start).items()}
-
-
-def bare_step(trainer, warmup: int, repeats: int) -> dict[str, float]:
+def bare_step(trainer):
     """UNet forward + backward + optimizer step on one fixed batch with the trainer's own models."""
     import torch
 
@@ -106,8 +151,7 @@ def bare_step(trainer, warmup: int, repeats: int) -> dict[str, float]:
     components = dict(trainer.components) | trainer.models
     ids = [t[[0] * len(indices)].to(trainer.device) for t in family.tokenize(components, trainer.prompts)]
     fixed = None if trains_text else trainer._embeddings(len(indices), 0)
-    unet = trainer.unet_forward
-    dtype = trainer.components["unet"].dtype
+    unet, dtype = trainer.unet_forward, trainer.unet_dtype
 
     def step() -> None:
         embedding = family.encode(components, ids) if trains_text else fixed
@@ -117,76 +161,75 @@ def bare_step(trainer, warmup: int, repeats: int) -> dict[str, float]:
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
 
-    return _timed(step, warmup, repeats)
+    return step
 
 
-def encoder_costs(trainer, warmup: int, repeats: int) -> dict[str, float]:
-    """What a caches-off step adds: one VAE encode of the batch and one text-encoder forward."""
+def encoder_forwards(trainer):
+    """What a caches-off step adds over the fast path: a VAE encode of the batch and (when the text
+    encoder is frozen) a text-encoder forward."""
     import torch
 
     config = trainer.config
     images = trainer.latents.images[[i % trainer.instance_count for i in range(config.batch_size)]]
     ids = [t[[0] * config.batch_size].to(trainer.device) for t in trainer.family.tokenize(trainer.components, trainer.prompts)]
-    with torch.no_grad():
-        vae = _timed(lambda: trainer.latents._encode(images), warmup, repeats)
-        if trainer.method.text_encoder_trains():  # runs every step on both paths
-            text = {"wall_s": 0.0, "cpu_s": 0.0}
-        else:
-            text = _timed(lambda: trainer.family.encode(trainer.components, ids), warmup, repeats)
-    return {"vae_encode_cpu_s": vae["cpu_s"], "vae_encode_wall_s": vae["wall_s"],
-            "text_encoder_cpu_s": text["cpu_s"], "text_encoder_wall_s": text["wall_s"]}
+    text = not trainer.method.text_encoder_trains()  # a training text encoder runs every step on both paths
+
+    @torch.no_grad()
+    def forwards() -> None:
+        trainer.latents._encode(images)
+        if text:
+            trainer.family.encode(trainer.components, ids)
+
+    return forwards
 
 
-def measure(method: str, arch: str, modes: tuple[str, ...]) -> dict[str, Any]:
+def measure(method: str, arch: str, modes: tuple[str, ...], threads: int) -> dict[str, Any]:
     import gc
 
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     work = common.setup_environment()
-    _, _, warmup, steps = ARCHS[arch]
     result: dict[str, Any] = {"method": method, "arch": arch, "baseline_rss_gb": common.rss_gb()}
     for mode in modes:
-        trainer, figures = run_trainer(method, arch, mode == "fast", work)
-        if mode == "fast":
-            figures["bare"] = bare_step(trainer, max(1, warmup // 2), steps)
-        else:
-            figures["encoders"] = encoder_costs(trainer, max(1, warmup // 2), steps)
-        result[mode] = figures
-        del trainer
+        result[mode] = run_trainer(method, arch, mode == "fast", work)
         gc.collect()
     return result
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float | None]:
+    """overhead = trainer step / bare step; caching_speedup = caches-off step / fast step; caching_pays
+    = time the fast path saves / what the VAE and text-encoder forwards cost (>= 1: it saves at least
+    that). Each run's figures are in units of its own bare step, so drift between runs cancels."""
     fast, off = r.get("fast"), r.get("nocache")
     out: dict[str, float | None] = {"overhead": None, "caching_speedup": None, "caching_pays": None}
     if fast:
-        out["overhead"] = fast["step_cpu_s"] / fast["bare"]["cpu_s"]
+        out["overhead"] = fast["trainer_per_bare"]["min"]
+        out["overhead_median"] = fast["trainer_per_bare"]["median"]
     if fast and off:
-        out["caching_speedup"] = off["step_cpu_s"] / fast["step_cpu_s"]
-        cost = off["encoders"]["vae_encode_cpu_s"] + off["encoders"]["text_encoder_cpu_s"]
-        out["caching_pays"] = (off["step_cpu_s"] - fast["step_cpu_s"]) / cost if cost else None
+        fast_rel, off_rel = fast["trainer_per_bare"]["min"], off["trainer_per_bare"]["min"]
+        out["caching_speedup"] = off_rel / fast_rel
+        out["caching_pays"] = (off_rel - fast_rel) / off["encoders_per_bare"]["min"]
     return out
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    headers = ["method", "path", "steps/s (wall)", "step CPU ms", "bare UNet step CPU ms", "overhead ×bare",
+    headers = ["method", "path", "steps/s (wall)", "step CPU ms", "bare UNet step CPU ms", "step / bare",
                "VAE+TE fwd CPU ms", "saved by caching / VAE+TE cost", "peak RSS GB", "GPU max alloc GB"]
     rows = []
     for r in results:
         if "error" in r:
             rows.append([r.get("method"), "error", r["error"]] + [None] * 7)
             continue
-        rat = ratios(r)
         for mode in ("fast", "nocache"):
             f = r.get(mode)
-            if not f:
-                continue
-            enc = f.get("encoders")
-            rows.append([
-                r["method"], "fast path" if mode == "fast" else "caches off", f["steps_per_s"], 1e3 * f["step_cpu_s"],
-                1e3 * f["bare"]["cpu_s"] if "bare" in f else None, rat["overhead"] if mode == "fast" else None,
-                1e3 * (enc["vae_encode_cpu_s"] + enc["text_encoder_cpu_s"]) if enc else None,
-                rat["caching_pays"] if mode == "nocache" else None, f["peak_rss_gb"], f["gpu_max_allocated_gb"],
-            ])
+            if f:
+                rows.append([
+                    r["method"], "fast path" if mode == "fast" else "caches off", f["steps_per_s"], 1e3 * f["step_cpu_s"],
+                    1e3 * f["bare_cpu_s"], f["trainer_per_bare"]["min"], 1e3 * f["encoders_cpu_s"] if "encoders_cpu_s" in f else None,
+                    r["ratios"]["caching_pays"] if mode == "nocache" else None, f["peak_rss_gb"], f["gpu_max_allocated_gb"],
+                ])
     return common.markdown_table(headers, rows)
 
 
@@ -195,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arch", choices=sorted(ARCHS), default="tiny-sd")
     parser.add_argument("--methods", nargs="*", choices=sorted(METHOD_SETTINGS), default=list(METHOD_SETTINGS))
     parser.add_argument("--modes", nargs="*", choices=("fast", "nocache"), default=["fast", "nocache"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: 1 on tiny-sd, where idle OpenMP threads spinning between tiny "
+                             "kernels would count as CPU time; all on sd15)")
     parser.add_argument("--cap-gb", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--name", default=None, help="results file name (default: train_speed[_sd15])")
@@ -209,16 +255,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from studio.models import builtin_path
 
         builtin_path("tiny-sd")  # materialised once, outside the timed children
+    threads = args.threads if args.threads is not None else (1 if args.arch == "tiny-sd" else 0)
     results = []
     for method in args.methods:
-        result = common.run_isolated(measure, (method, args.arch, tuple(args.modes)), cap_gb=args.cap_gb, timeout_s=args.timeout)
+        result = common.run_isolated(measure, (method, args.arch, tuple(args.modes), threads), cap_gb=args.cap_gb, timeout_s=args.timeout)
         result.setdefault("method", method)
         result["ratios"] = ratios(result) if "error" not in result else {}
         results.append(result)
         print(f"{method}: {result.get('error') or result['ratios']}", flush=True)
-    resolution, batch, warmup, steps = ARCHS[args.arch]
+    resolution, batch, warmup, steps, _, _ = ARCHS[args.arch]
     payload = {"benchmark": "train_speed", "machine": common.machine(), "arch": args.arch, "resolution": resolution,
-               "batch_size": batch, "warmup_steps": warmup, "timed_steps": steps, "results": results}
+               "batch_size": batch, "warmup_steps": warmup, "timed_steps": steps, "torch_threads": threads or "default",
+               "results": results}
     markdown = (f"## Training speed, {args.arch}, {resolution} px, batch {batch} ({steps} timed steps after {warmup} warm-up)\n\n"
                 + table(results))
     common.write_results(args.name or ("train_speed" if args.arch == "tiny-sd" else f"train_speed_{args.arch}"), payload, markdown)

@@ -40,7 +40,7 @@ def tiny_config(method: str, **overrides):
 
     values = {"method": method, "base": "tiny-sd", "resolution": 64, "steps": 30, "batch_size": 2,
               "sample_every": 0, "checkpoint_every": 0, "log_every": 5,
-              "learning_rate": {"lora": 2e-3, "dreambooth": 5e-4, "textual_inversion": 1e-2}[method]}
+              "learning_rate": {"lora": 2e-3, "dreambooth": 5e-4, "textual_inversion": 5e-2}.get(method, 1e-3)}
     values.update(overrides)
     return load_config(None, values)
 
@@ -94,3 +94,46 @@ def tiny_dreambooth_export(tiny_dreambooth_run, tmp_path_factory):
     from studio.export import export_run
 
     return export_run(tiny_dreambooth_run, "all", tmp_path_factory.mktemp("exports") / "dreambooth", rank=4)
+
+
+# The same for the built-in tiny-sdxl (two text encoders, SGM names in kohya and single-file exports).
+@pytest.fixture(scope="session")
+def tiny_sdxl_lora_run(sample_subject, tmp_path_factory) -> Path:
+    """An SDXL LoRA run on the UNet and both text encoders."""
+    return _train_tiny("lora", sample_subject, tmp_path_factory.mktemp("runs") / "sdxl-lora", base="tiny-sdxl",
+                       steps=8, batch_size=1, train_text_encoder=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_ti_run(sample_subject, tmp_path_factory) -> Path:
+    """An SDXL textual-inversion run (two vectors, learned in both text encoders)."""
+    return _train_tiny("textual_inversion", sample_subject, tmp_path_factory.mktemp("runs") / "sdxl-ti",
+                       base="tiny-sdxl", steps=8, batch_size=1, num_vectors=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dreambooth_run(sample_subject, tmp_path_factory) -> Path:
+    """An SDXL DreamBooth run that also tunes both text encoders (so its SVD LoRA has te1 and te2 layers)."""
+    return _train_tiny("dreambooth", sample_subject, tmp_path_factory.mktemp("runs") / "sdxl-dreambooth",
+                       base="tiny-sdxl", steps=8, batch_size=1, train_text_encoder=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_lora_export(tiny_sdxl_lora_run, tmp_path_factory):
+    from studio.export import export_run
+
+    return export_run(tiny_sdxl_lora_run, "all", tmp_path_factory.mktemp("exports") / "sdxl-lora")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_ti_export(tiny_sdxl_ti_run, tmp_path_factory):
+    from studio.export import export_run
+
+    return export_run(tiny_sdxl_ti_run, "all", tmp_path_factory.mktemp("exports") / "sdxl-ti")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dreambooth_export(tiny_sdxl_dreambooth_run, tmp_path_factory):
+    from studio.export import export_run
+
+    return export_run(tiny_sdxl_dreambooth_run, "all", tmp_path_factory.mktemp("exports") / "sdxl-dreambooth", rank=4)

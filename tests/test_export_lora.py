@@ -80,9 +80,9 @@ def test_failed_verification_leaves_nothing(tiny_lora_run, tmp_path, monkeypatch
 
     real = lora_export.save_kohya_lora
 
-    def drop_one_module(weights, path, family, info):
+    def drop_one_module(weights, path, family, info, **kwargs):
         weights = type(weights)(weights.modules[1:])
-        return real(weights, path, family, info)
+        return real(weights, path, family, info, **kwargs)
 
     monkeypatch.setattr(lora_export, "save_kohya_lora", drop_one_module)
     out = tmp_path / "broken"

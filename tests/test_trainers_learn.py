@@ -35,6 +35,12 @@ def instance_loss(pipeline, run) -> float:
     return fixed_noise_loss(pipeline, images, run.prompt("a {0} {1}"))
 
 
+def loss_before_and_after(directory) -> tuple[float, float]:
+    """Fixed-noise loss on the instance images: the untrained base, then the trained result."""
+    run = load_run(directory)
+    return instance_loss(load_base(run.config.base).pipeline, run), instance_loss(personalised_pipeline(run), run)
+
+
 @pytest.fixture(scope="module")
 def trained(sample_subject, tmp_path_factory):
     runs = {}
@@ -46,10 +52,7 @@ def trained(sample_subject, tmp_path_factory):
 
 @pytest.mark.parametrize("method", list(LEARNING))
 def test_fixed_noise_loss_drops(trained, method):
-    trainer, directory = trained[method]
-    run = load_run(directory)
-    before = instance_loss(load_base(run.config.base).pipeline, run)
-    after = instance_loss(personalised_pipeline(run), run)
+    before, after = loss_before_and_after(trained[method][1])
     assert after < before * 0.95, f"{method}: fixed-noise loss {before:.4f} -> {after:.4f}"
 
 
@@ -102,9 +105,7 @@ def test_textual_inversion_changes_only_its_rows(trained):
 def test_memory_saving_paths_learn(sample_subject, tmp_path, overrides):
     directory = tmp_path / "run"
     run_trainer("lora", sample_subject, directory, steps=80, **overrides)
-    run = load_run(directory)
-    before = instance_loss(load_base(run.config.base).pipeline, run)
-    after = instance_loss(personalised_pipeline(run), run)
+    before, after = loss_before_and_after(directory)
     assert after < before * 0.95, f"{overrides}: {before:.4f} -> {after:.4f}"
 
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -109,6 +110,47 @@ def test_subject_identifier_and_validation_through_the_api(ui):
                                     api_name="/start_training")
     assert "resolution=60 is not divisible by 8" in status and job_id is None
     assert ui.ws.store.list() == []
+
+
+def test_bad_photos_are_reported_per_file(ui, tmp_path):
+    from gradio_client import handle_file
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    files = [handle_file(p) for p in [*SAMPLE_IMAGES[:2], str(broken)]]
+    status = ui.client().predict(files, "dupes", "sks", "toy", "tiny-sd", 64, "center", api_name="/create_subject")
+    assert status.startswith("❌ Cannot prepare the subject")
+    assert "\nbroken.png: is not an image" in status  # named as the person named it, not by the upload path
+    assert not (ui.ws.subjects_dir / "dupes").exists()
+
+
+def test_only_the_data_dir_is_served(ui):
+    def status(path: Path | str) -> int:
+        try:
+            with urllib.request.urlopen(f"{ui.url}gradio_api/file={path}", timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert status(ROOT / "pyproject.toml") == 403  # the project (the server's working directory)
+    assert status("/etc/hostname") == 403
+    assert status(ui.ws.store.path) == 403  # the job database
+    ui.ws.logs_dir.joinpath("probe.log").write_text("x")
+    assert status(ui.ws.logs_dir / "probe.log") == 403
+    probe = ui.ws.runs_dir / "probe.txt"
+    probe.write_text("x")
+    assert status(probe) == 200  # run outputs are what the UI shows
+    probe.unlink()
+
+
+def test_auth_argument():
+    from studio.cli.webui_cmd import parse_auth
+    from studio.errors import StudioError
+
+    assert parse_auth("me:a:b") == ("me", "a:b") and parse_auth(None) is None
+    for bad in ("me", ":pw", "me:"):
+        with pytest.raises(StudioError, match="USER:PASS"):
+            parse_auth(bad)
 
 
 def test_jobs_survive_a_restart_of_the_ui(ui):

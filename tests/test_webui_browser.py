@@ -64,8 +64,13 @@ def browser_page(ui):
 
 
 # ---------------------------------------------------------------------------- helpers
+def log_step(what: str) -> None:
+    """Print a timestamped step (visible with -s): where the time of a slow run went."""
+    print(f"{time.strftime('%H:%M:%S')} {what}", flush=True)
+
+
 def open_tab(page, name: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} tab {name}", flush=True)
+    log_step(f"tab {name}")
     page.get_by_role("tab", name=name, exact=True).click()
 
 
@@ -82,8 +87,10 @@ def fill_number(page, elem_id: str, value) -> None:
 
 
 def choose(page, elem_id: str, label_pattern: str) -> None:
+    log_step(f"choose {elem_id}")
     page.locator(f"#{elem_id} input[role=combobox]").click()
-    page.locator("[role=option]").filter(has_text=re.compile(label_pattern)).first.click()
+    page.locator(f"#{elem_id} [role=option]").filter(has_text=re.compile(label_pattern)).first.click()
+    log_step(f"chosen {elem_id}")
 
 
 def wait_text(page, elem_id: str, pattern: str, timeout_s: float = 300) -> str:
@@ -109,6 +116,7 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     page.set_input_files("#subject-files input[type=file]", SAMPLE_IMAGES)
     page.wait_for_function("document.querySelectorAll('#subject-preview .grid-wrap img').length == 4", timeout=120_000)
     assert "look fine" in page.locator("#subject-messages").inner_text()
+    assert len(list((ui.ws.root / "uploads").rglob("01_table.png"))) == 1  # uploads land in the data dir
     fill_text(page, "subject-name", "Toy Bear")
     fill_text(page, "subject-class", "toy")
     page.click("#subject-create")
@@ -121,6 +129,7 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     page.locator("#train-advanced").get_by_text("Advanced").click()
     for name, value in (("sample_every", 10), ("checkpoint_every", 10), ("sample_steps", 3), ("log_every", 1)):
         fill_number(page, f"setting-{name}", value)
+    log_step("train start")
     page.click("#train-start")
     wait_text(page, "train-status", "Queued", 60)
 
@@ -172,6 +181,7 @@ def test_evaluate_and_generate(browser_page, ui):
     fill_number(page, "eval-max-prompts", 1)
     fill_number(page, "eval-steps", 2)
     assert page.locator("#eval-clip input").input_value() == "tiny-clip"
+    log_step("eval start")
     page.click("#eval-start")
     wait_text(page, "eval-status", r"Queued|queued|running", 60)
 
@@ -179,6 +189,7 @@ def test_evaluate_and_generate(browser_page, ui):
     choose(page, "gen-runs", r"#\d+ lora toy-bear")
     page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('sks')", timeout=30_000)
     fill_number(page, "gen-steps", 3)
+    log_step("generate start")
     page.click("#gen-start")
     page.wait_for_selector("#gen-personalised img", timeout=180_000)
     page.wait_for_selector("#gen-base img", timeout=30_000)
@@ -186,7 +197,7 @@ def test_evaluate_and_generate(browser_page, ui):
     open_tab(page, "Evaluate")
     wait_text(page, "eval-status", r"finished|failed", 300)
     assert "finished" in page.locator("#eval-status").inner_text(), page.locator("#eval-status").inner_text()
-    print(f"{time.strftime('%H:%M:%S')} eval finished", flush=True)
+    log_step("eval finished")
     page.wait_for_selector("#eval-sheet img", timeout=30_000)
     table = page.locator("#eval-scores").inner_text()
     assert "this run" in table and "base model" in table
@@ -201,7 +212,7 @@ def test_export_and_download(browser_page, ui, tmp_path):
     for box in page.locator("#export-formats input[type=checkbox]:checked").all():
         box.uncheck()
     page.locator("#export-formats label").filter(has_text=re.compile(r"^\s*kohya\s*$")).locator("input").check()
-    print(f"{time.strftime('%H:%M:%S')} export start", flush=True)
+    log_step("export start")
     page.click("#export-start")
     wait_text(page, "export-status", r"finished|failed", 300)
     assert "finished" in page.locator("#export-status").inner_text(), page.locator("#export-status").inner_text()

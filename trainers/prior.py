@@ -11,11 +11,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from studio.atomic import atomic_file, write_json
 from studio.paths import class_images_cache_dir
+from trainers.samples import generate_seeded
 
 
 def base_identity(base) -> str:
@@ -61,20 +61,12 @@ def class_images(
     paths = [folder / f"{index:05d}.png" for index in range(count)]
     missing = [index for index, path in enumerate(paths) if not path.exists()]
     if missing:
-        pipeline = base.pipeline
-        pipeline.set_progress_bar_config(disable=True)
         bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not show_progress)
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
-            with torch.no_grad():
-                images = pipeline(
-                    prompt=[prompt] * len(chunk),
-                    height=resolution,
-                    width=resolution,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=[torch.Generator().manual_seed(index) for index in chunk],
-                ).images
+            images = generate_seeded(
+                base.pipeline, [prompt] * len(chunk), chunk, steps=steps, guidance=guidance, resolution=resolution
+            )
             for index, image in zip(chunk, images, strict=True):
                 with atomic_file(paths[index], ".png") as tmp:
                     image.save(tmp, format="PNG")

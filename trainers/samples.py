@@ -12,19 +12,25 @@ SAMPLES_DIR = "samples"
 
 
 @torch.no_grad()
-def render_samples(
-    pipeline, prompts: list[str], *, seed: int, steps: int, guidance: float, resolution: int, directory: Path
-) -> list[Path]:
-    """Render one image per prompt into ``directory`` (atomically); returns the image paths."""
+@torch.no_grad()
+def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, resolution: int) -> list:
+    """One square image per (prompt, seed), with classifier-free guidance; no progress bar."""
     pipeline.set_progress_bar_config(disable=True)
-    images = pipeline(
+    return pipeline(
         prompt=prompts,
         height=resolution,
         width=resolution,
         num_inference_steps=steps,
         guidance_scale=guidance,
-        generator=[torch.Generator().manual_seed(seed) for _ in prompts],
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
     ).images
+
+
+def render_samples(
+    pipeline, prompts: list[str], *, seed: int, steps: int, guidance: float, resolution: int, directory: Path
+) -> list[Path]:
+    """Render one image per prompt into ``directory`` (atomically); returns the image paths."""
+    images = generate_seeded(pipeline, prompts, [seed] * len(prompts), steps=steps, guidance=guidance, resolution=resolution)
     with atomic_dir(directory, replace=True) as tmp:
         for index, image in enumerate(images):
             image.save(tmp / f"{index:02d}.png")

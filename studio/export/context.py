@@ -40,6 +40,11 @@ class ExportContext:
         return family_for(self.reference_pipeline())
 
     @property
+    def unet_config(self):
+        """The run's UNet config (SDXL's kohya and single-file names follow its block layout)."""
+        return self.reference_pipeline().unet.config
+
+    @property
     def base(self) -> str:
         return str(self.result.get("base") or self.run.config.base)
 

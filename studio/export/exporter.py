@@ -150,11 +150,9 @@ def _typed_instance_prompt(run) -> str:
 
 def _check_supported(family: str, formats: list[str]) -> None:
     """Refuse, before any work, combinations no writer supports yet."""
-    if family == "sdxl" and "kohya" in formats:
-        raise StudioError("kohya/webui export of SDXL LoRAs is not supported yet; use --format diffusers "
-                          "(ComfyUI and Forge load it too) or peft.")
-    if family != "sd1" and "single-file" in formats:
-        raise StudioError(f"Single-file export supports SD1.x models only (this run is {family}); use --format diffusers.")
+    if family not in ("sd1", "sdxl") and "single-file" in formats:
+        raise StudioError(f"Single-file export supports SD1.x and SDXL models (this run is {family}); "
+                          "use --format diffusers.")
 
 
 def _write_card_and_report(ctx: ExportContext, formats: list[str], license: str) -> dict[str, Any]:
@@ -165,7 +163,7 @@ def _write_card_and_report(ctx: ExportContext, formats: list[str], license: str)
     settings = {key: getattr(run.config, key, None) for key in vars(run.config)}
     scores = read_eval_scores(run.directory)
     info = {
-        "method": run.method, "base": ctx.base, "title": ctx.stem,
+        "method": run.method, "base": ctx.base, "family": ctx.family.name, "title": ctx.stem,
         "token": run.token, "instance_prompt": _typed_instance_prompt(run),
         "prompt": ctx.spec.prompt, "settings": settings, "files": ctx.files, "usage": ctx.usage,
         "scores": scores, "notes": ctx.notes, "example_image": EXAMPLE_IMAGE, "license": license,
@@ -175,6 +173,7 @@ def _write_card_and_report(ctx: ExportContext, formats: list[str], license: str)
         "run": str(run.directory),
         "method": run.method,
         "base": ctx.base,
+        "family": ctx.family.name,
         "formats": formats,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "verification": {"prompt": ctx.spec.prompt, "seed": ctx.spec.seed, "steps": ctx.spec.steps,

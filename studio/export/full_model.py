@@ -1,4 +1,9 @@
-"""Export a DreamBooth run: the diffusers folder, one original-layout ``.safetensors``, or an SVD LoRA."""
+"""Export a DreamBooth run: the diffusers folder, one original-layout ``.safetensors``, or an SVD LoRA.
+
+The single file uses SD1.x's original layout (``studio.export.ldm_keys``) or SDXL's SGM layout
+(``studio.export.sdxl_names``); it is reloaded with the family pipeline's ``from_single_file``, with the
+run's own model folder as the offline ``config``.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,10 @@ from studio.atomic import save_safetensors
 from studio.errors import StudioError
 from studio.export.context import ExportContext
 from studio.export.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
+from studio.export.sdxl_names import sdxl_single_file_state
 from studio.export.verify import IMAGE_TOLERANCE, check_image, check_same_weights, image_difference, render
 
 FULL_FORMATS = ("diffusers", "single-file", "lora")
-COMPONENTS = ("unet", "vae", "text_encoder")
 
 
 def export_dreambooth_run(ctx: ExportContext, formats: list[str], rank: int) -> None:
@@ -31,11 +36,13 @@ def export_dreambooth_run(ctx: ExportContext, formats: list[str], rank: int) -> 
 
 
 def single_file_state(pipe, family) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and CLIP text encoder in the original SD checkpoint layout."""
+    """Every weight of the pipeline in the original checkpoint layout A1111/ComfyUI load (SD1.x, SDXL)."""
+    if family.name == "sdxl":
+        return sdxl_single_file_state(pipe)
     if family.name != "sd1":
         raise StudioError(
-            f"Single-file export supports SD1.x checkpoints; this is {family.name} (its text encoder uses another "
-            "layout). Export --format diffusers instead."
+            f"Single-file export supports SD1.x and SDXL checkpoints; this is {family.name} (its OpenCLIP text "
+            "encoder uses another layout). Export --format diffusers instead."
         )
     state = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     state |= vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
@@ -44,17 +51,23 @@ def single_file_state(pipe, family) -> dict[str, torch.Tensor]:
 
 
 def write_single_file(pipe, path: Path, family) -> Path:
-    metadata = {"format": "pt", "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
+    architecture = family.modelspec_architecture.removesuffix("/lora")  # the base model's, not a LoRA's
+    metadata = {"format": "pt", "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": architecture,
                 "modelspec.implementation": "https://github.com/Stability-AI/generative-models"}
     save_safetensors(single_file_state(pipe, family), path, metadata=metadata)
     return path
+
+
+def _components(ctx: ExportContext) -> tuple[str, ...]:
+    """The weighted components a full-model export must carry: UNet, VAE and every text encoder."""
+    return ("unet", "vae", *ctx.family.text_encoder_names)
 
 
 def _verify_folder(ctx: ExportContext, folder: Path) -> None:
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
-    tensors = check_same_weights(ctx.reference_pipeline(), pipe, COMPONENTS, "diffusers folder")
+    tensors = check_same_weights(ctx.reference_pipeline(), pipe, _components(ctx), "diffusers folder")
     difference = image_difference(render(pipe, ctx.spec), ctx.reference_image())
     check_image("diffusers folder", difference)
     ctx.record(folder / "model_index.json", "full model (diffusers folder)", "diffusers from_pretrained",
@@ -68,7 +81,7 @@ def _verify_single_file(ctx: ExportContext, path: Path, config_dir: Path) -> Non
 
     pipeline_class = ctx.family.pipeline_classes()[0]
     pipe = pipeline_class.from_single_file(str(path), config=str(config_dir))
-    check_same_weights(ctx.reference_pipeline(), pipe, COMPONENTS, "single-file checkpoint")
+    check_same_weights(ctx.reference_pipeline(), pipe, _components(ctx), "single-file checkpoint")
     with safe_open(str(path), framework="pt") as handle:
         in_file = len(list(handle.keys()))
     expected = len(single_file_state(ctx.reference_pipeline(), ctx.family))

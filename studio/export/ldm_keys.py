@@ -64,17 +64,23 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
     has_attention = {int(m.group(1)) for k in state if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        out[UNET_PREFIX + _unet_key(key, per, has_attention)] = value
+        out[UNET_PREFIX + unet_key(key, per, has_attention)] = value
     return out
 
 
-def _unet_key(key: str, per: int, up_attention: set[int]) -> str:
+def unet_key(key: str, per: int, up_attention: set[int]) -> str:
+    """One diffusers UNet parameter (or module) path -> its original/SGM name, without the prefix.
+
+    ``per`` is ``layers_per_block + 1`` (block slots per level, the downsampler included) and
+    ``up_attention`` the up-block indices that have attentions (their upsampler moves to slot 2).
+    Shared by SD1.x single files and SDXL's SGM names (``studio.export.sdxl_names``).
+    """
     if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
         index = 1 + block * per + layer
         return f"input_blocks.{index}.0.{_rename_head(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{1 + int(m[1]) * per + per - 1}.0.op.{m[2]}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(\..+)?", key):  # a parameter or the module
+        return f"input_blocks.{1 + int(m[1]) * per + per - 1}.0.op{m[2] or ''}"
     if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
         return f"middle_block.{2 * int(m[1])}.{_rename_head(m[2], _UNET_RESNET)}"
     if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
@@ -83,10 +89,10 @@ def _unet_key(key: str, per: int, up_attention: set[int]) -> str:
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
         index = block * per + layer
         return f"output_blocks.{index}.0.{_rename_head(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv(\..+)?", key):
         block = int(m[1])
         slot = 2 if block in up_attention else 1
-        return f"output_blocks.{block * per + per - 1}.{slot}.conv.{m[2]}"
+        return f"output_blocks.{block * per + per - 1}.{slot}.conv{m[2] or ''}"
     try:
         return _rename_head(key, _UNET_TOP)
     except KeyError:

@@ -35,7 +35,8 @@ def export_lora_run(ctx: ExportContext, formats: list[str]) -> None:
         shutil.copyfile(source, target)  # the run's own file, written by diffusers' save_lora_weights
         _verify_lora_file(ctx, target, weights, "diffusers")
     if "kohya" in formats:
-        target = save_kohya_lora(weights, ctx.out / f"{ctx.stem}.safetensors", ctx.family, kohya_info(ctx))
+        target = save_kohya_lora(weights, ctx.out / f"{ctx.stem}.safetensors", ctx.family, kohya_info(ctx),
+                                 unet_config=ctx.unet_config)
         _verify_lora_file(ctx, target, weights, "kohya")
     if "peft" in formats:
         folders = save_peft_folders(weights, ctx.out / "peft", ctx.base)
@@ -48,7 +49,8 @@ def export_extracted_lora(ctx: ExportContext, weights: LoraWeights, directory: P
     directory.mkdir(parents=True, exist_ok=True)
     pipeline_class = ctx.family.pipeline_classes()[0]
     diffusers_file = save_diffusers_lora_weights(weights, directory, pipeline_class)
-    kohya_file = save_kohya_lora(weights, directory / f"{ctx.stem}-lora.safetensors", ctx.family, kohya_info(ctx))
+    kohya_file = save_kohya_lora(weights, directory / f"{ctx.stem}-lora.safetensors", ctx.family, kohya_info(ctx),
+                                 unet_config=ctx.unet_config)
     for path, fmt in ((diffusers_file, "diffusers"), (kohya_file, "kohya")):
         _verify_lora_file(ctx, path, weights, f"{fmt} (SVD rank {ctx.extra['svd']['rank']})", compare=False)
     ctx.usage += lora_usage(ctx, ["diffusers", "kohya"], directory.relative_to(ctx.out).as_posix(),
@@ -128,7 +130,7 @@ def lora_usage(ctx: ExportContext, formats: list[str], where: str, kohya_stem: s
             "**PEFT** (one adapter folder per component):\n\n```python\nimport os\n\n"
             f"from diffusers import {pipeline_class}\nfrom peft import PeftModel\n\n"
             f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n"
-            "for name in (\"unet\", \"text_encoder\"):\n"
+            f"for name in {('unet', *ctx.family.text_encoder_names)!r}:\n"
             "    if os.path.isdir(f\"DIR/peft/{name}\"):\n"
             "        PeftModel.from_pretrained(getattr(pipe, name), f\"DIR/peft/{name}\")\n```"
         )

@@ -3,7 +3,8 @@
 One ``.safetensors``: per adapted module ``<name>.lora_down.weight`` [rank, in(, k, k)],
 ``<name>.lora_up.weight`` [out, rank(, 1, 1)] and ``<name>.alpha`` (scale = alpha / rank), where
 ``<name>`` is a prefix plus the module path with ``.`` replaced by ``_``. SD1.x/2.x UNets keep
-diffusers' module names (sd-scripts trains those on the diffusers UNet); text encoders are named
+diffusers' module names (sd-scripts trains those on the diffusers UNet); SDXL's use the original SGM
+block names and ``lora_te1_``/``lora_te2_`` (``studio.export.sdxl_names``); text encoders are named
 from CLIP's ``text_model.`` root. Training facts go into ``ss_*`` and ``modelspec.*`` metadata.
 """
 
@@ -19,34 +20,33 @@ import torch
 from studio.atomic import save_safetensors
 from studio.errors import StudioError
 from studio.export.lora_weights import LoraWeights
+from studio.export.sdxl_names import kohya_lora_name
 
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
-SDXL_PREFIXES = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 
 
-def kohya_prefixes(family) -> dict[str, str]:
+def kohya_name(component: str, path: str, family, unet_config: Any = None) -> str:
+    """``lora_unet_down_blocks_0_..._to_q`` / ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``.
+
+    SDXL files use the original SGM block names and ``lora_te1_``/``lora_te2_``
+    (:func:`studio.export.sdxl_names.kohya_lora_name`), which depend on the UNet's block layout:
+    pass its ``unet_config``.
+    """
     if family.name == "sdxl":
-        raise StudioError(
-            "kohya/webui export of SDXL LoRAs is not supported yet (its UNet uses the original SGM block names). "
-            "Export with --format diffusers; ComfyUI and Forge also load that file."
-        )
-    return PREFIXES
-
-
-def kohya_name(component: str, path: str, family) -> str:
-    """``lora_unet_down_blocks_0_..._to_q`` / ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``."""
-    prefixes = kohya_prefixes(family)
-    if component not in prefixes:
+        if unet_config is None:
+            raise StudioError("kohya names of an SDXL LoRA need the UNet config (its block layout).")
+        return kohya_lora_name(component, path, unet_config)
+    if component not in PREFIXES:
         raise StudioError(f"The kohya format has no place for a LoRA on '{component}'.")
     if component.startswith("text_encoder") and not path.startswith("text_model."):
         path = f"text_model.{path}"
-    return prefixes[component] + path.replace(".", "_")
+    return PREFIXES[component] + path.replace(".", "_")
 
 
-def kohya_state_dict(weights: LoraWeights, family) -> dict[str, torch.Tensor]:
+def kohya_state_dict(weights: LoraWeights, family, unet_config: Any = None) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for module in weights.modules:
-        name = kohya_name(module.component, module.path, family)
+        name = kohya_name(module.component, module.path, family, unet_config)
         if f"{name}.alpha" in state:
             raise StudioError(f"Two LoRA modules map to the same kohya name {name}.")
         state[f"{name}.lora_down.weight"] = module.down
@@ -94,8 +94,10 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def save_kohya_lora(weights: LoraWeights, path: Path, family, info: dict[str, Any]) -> Path:
-    save_safetensors(kohya_state_dict(weights, family), path, metadata=kohya_metadata(weights, family, info))
+def save_kohya_lora(weights: LoraWeights, path: Path, family, info: dict[str, Any], unet_config: Any = None) -> Path:
+    """Write the kohya file; ``unet_config`` is required for SDXL (see :func:`kohya_name`)."""
+    state = kohya_state_dict(weights, family, unet_config)
+    save_safetensors(state, path, metadata=kohya_metadata(weights, family, info))
     return path
 
 

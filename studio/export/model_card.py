@@ -10,6 +10,8 @@ import yaml
 
 METHOD_NAMES = {"lora": "LoRA", "dreambooth": "DreamBooth", "textual_inversion": "Textual inversion"}
 METHOD_TAGS = {"lora": "lora", "dreambooth": "dreambooth", "textual_inversion": "textual-inversion"}
+# The Hub's model-family tags (what its filters and SDXL LoRA cards use).
+FAMILY_TAGS = {"sdxl": ["stable-diffusion-xl", "stable-diffusion-xl-diffusers"]}
 SETTINGS_SHOWN = (
     "base", "resolution", "steps", "batch_size", "learning_rate", "text_encoder_learning_rate", "lr_scheduler",
     "optimizer", "train_text_encoder", "prior_preservation", "num_class_images", "prior_loss_weight",
@@ -70,7 +72,8 @@ def _scores_table(scores: dict[str, Any]) -> list[str]:
 
 
 def front_matter(info: dict[str, Any]) -> str:
-    tags = ["text-to-image", "diffusers", "stable-diffusion", METHOD_TAGS[info["method"]], "studio"]
+    family_tags = FAMILY_TAGS.get(info.get("family", "sd1"), ["stable-diffusion"])
+    tags = ["text-to-image", "diffusers", *family_tags, METHOD_TAGS[info["method"]], "studio"]
     data: dict[str, Any] = {
         "base_model": info["base"],
         "library_name": "diffusers",

@@ -1,4 +1,4 @@
-"""SDXL's names in the files other tools read (kohya/webui LoRA, A1111 embeddings, single file).
+"""SDXL's names in the files other tools read: kohya/webui LoRA and the single-file checkpoint.
 
 Facts this module encodes (each checked against diffusers' own readers in tests/test_sdxl_export.py):
 
@@ -9,8 +9,8 @@ Facts this module encodes (each checked against diffusers' own readers in tests/
   ``label_emb.0.0/0.2``.
 * kohya LoRA: ``lora_unet_<SGM name with _>``, ``lora_te1_<CLIP-L name>``, ``lora_te2_<CLIP-G name>``;
   text encoders are named from transformers' ``text_model.`` root (transformers 5 no longer has
-  that root on ``CLIPTextModel``, so it is added back).
-* A1111 embedding: ``{"clip_l": rows of text_encoder, "clip_g": rows of text_encoder_2}``.
+  that root on ``CLIPTextModel``, so it is added back), except CLIP-G's ``text_projection``, which sits
+  beside that root (``lora_te2_text_projection``; only an SVD extraction of a full fine-tune adapts it).
 * Single file: ``model.diffusion_model.*`` (SGM), ``first_stage_model.*`` (as SD1.x),
   ``conditioner.embedders.0.transformer.text_model.*`` (CLIP-L in transformers' layout) and
   ``conditioner.embedders.1.model.*`` (CLIP-G in OpenCLIP's layout: fused ``attn.in_proj_*``,
@@ -24,10 +24,9 @@ from typing import Any
 import torch
 
 from studio.errors import StudioError
-from studio.export.ldm_keys import UNET_PREFIX, _unet_key, clip_to_ldm, vae_to_ldm
+from studio.export.ldm_keys import UNET_PREFIX, clip_to_ldm, unet_key, vae_to_ldm
 
 KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-A1111_EMBEDDING_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 CLIP_G_PREFIX = "conditioner.embedders.1.model."
 _ADDED_EMBEDDING = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
@@ -47,7 +46,7 @@ def sgm_unet_name(path: str, config: Any) -> str:
             return new + path[len(old) :]
     per = int(config["layers_per_block"]) + 1
     up_attention = {i for i, kind in enumerate(config["up_block_types"]) if "CrossAttn" in kind}
-    return _unet_key(path, per, up_attention)
+    return unet_key(path, per, up_attention)
 
 
 def kohya_lora_name(component: str, path: str, unet_config: Any) -> str:
@@ -56,17 +55,9 @@ def kohya_lora_name(component: str, path: str, unet_config: Any) -> str:
         raise StudioError(f"The kohya SDXL format has no place for a LoRA on '{component}'.")
     if component == "unet":
         path = sgm_unet_name(path, unet_config)
-    elif not path.startswith("text_model."):
-        path = f"text_model.{path}"
+    elif path.split(".")[0] not in ("text_model", "text_projection"):
+        path = f"text_model.{path}"  # CLIP-G's text_projection sits beside text_model: lora_te2_text_projection
     return KOHYA_PREFIXES[component] + path.replace(".", "_")
-
-
-def a1111_embedding(rows_by_encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-encoder TI rows (``text_encoder``/``text_encoder_2``) -> the webui's ``clip_l``/``clip_g`` file."""
-    missing = sorted(set(A1111_EMBEDDING_KEYS) - set(rows_by_encoder))
-    if missing:
-        raise StudioError(f"An SDXL embedding needs rows for both text encoders; missing {', '.join(missing)}.")
-    return {A1111_EMBEDDING_KEYS[name]: rows.float().contiguous() for name, rows in rows_by_encoder.items()}
 
 
 def clip_g_to_openclip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from studio.export.lora_weights import LoraModule, LoraWeights
+from studio.export.lora_weights import COMPONENTS, LoraModule, LoraWeights
 
 ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
 
@@ -63,8 +63,9 @@ def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return down.to(delta.dtype).contiguous(), up.to(delta.dtype).contiguous(), error
 
 
-def extract_lora(base_components: dict, tuned_components: dict, rank: int, names=("unet", "text_encoder")) -> Extraction:
-    """SVD-extract a LoRA of ``rank`` for every changed Linear/Conv2d of the named components."""
+def extract_lora(base_components: dict, tuned_components: dict, rank: int, names=COMPONENTS) -> Extraction:
+    """SVD-extract a LoRA of ``rank`` for every changed Linear/Conv2d of the named components
+    (by default the UNet and every text encoder a pipeline has: SDXL's ``text_encoder_2`` too)."""
     modules: list[LoraModule] = []
     total = adaptable = truncation = 0.0
     for name in names:

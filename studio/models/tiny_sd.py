@@ -3,9 +3,9 @@ under a second on two CPU cores.
 
 Every component is the real diffusers/transformers class (UNet2DConditionModel with cross-attention,
 AutoencoderKL with SD's 8x downsampling, CLIPTextModel, CLIPTokenizer with the real CLIP vocabulary,
-SD1.x scheduler configs). Weights are random but deterministic; the VAE alone is briefly fitted on
-procedurally drawn shapes so that decoded latents look like images (otherwise nothing a trained
-UNet produced could be seen or scored).
+SD1.x scheduler configs). Weights are random but deterministic, except the VAE's, which are set so that it really
+autoencodes (see :mod:`studio.models.tiny_vae`): otherwise nothing a trained UNet produced could be
+seen or scored.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from studio.models.builtin import BuiltinModel, register
+from studio.models.tiny_vae import tiny_autoencoder
 from studio.models.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, write_clip_tokenizer
-from studio.models.vae_fit import fit_autoencoder
 
 TINY_RESOLUTION = 64
+TINY_VAE_SCALING = 2.0  # 1 / std of the tiny VAE's colour latents
 SD1_SCHEDULER = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -47,24 +48,6 @@ def tiny_text_encoder_config(hidden_size: int = 32, layers: int = 2, projection_
         eos_token_id=49407,
         pad_token_id=49407,
         hidden_act="quick_gelu",
-    )
-
-
-def tiny_vae(seed: int):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=TINY_RESOLUTION,
-        scaling_factor=0.18215,
     )
 
 
@@ -106,8 +89,8 @@ def build_tiny_sd(directory: Path) -> None:
         strengthen_cross_attention(unet)
         torch.manual_seed(1)
         text_encoder = CLIPTextModel(tiny_text_encoder_config())
-        vae = fit_autoencoder(tiny_vae(seed=2), resolution=TINY_RESOLUTION, seed=3)
 
+    vae = tiny_autoencoder(resolution=TINY_RESOLUTION, scaling_factor=TINY_VAE_SCALING)
     tokenizer_dir = directory / "_tokenizer_build"
     write_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
@@ -134,7 +117,7 @@ register(
         name="tiny-sd",
         kind="pipeline",
         description="SD1.x architecture, tiny and randomly initialised (64 px): offline demos and tests.",
-        version="2",
+        version="3",
         build=build_tiny_sd,
     )
 )

@@ -8,8 +8,9 @@ linear attention projections and more transformer layers in deeper blocks; two t
 concatenated into the cross-attention input; both tokenizers with the real CLIP vocabulary
 (``tokenizer_2`` pads with ``!`` as SDXL's does); SDXL's EulerDiscreteScheduler configuration.
 
-The VAE is tiny-sd's fitted autoencoder (so decoded latents look like images) with SDXL's VAE
-configuration values; reusing it means the short VAE fit runs once for both built-ins.
+The VAE is the same constructed autoencoder as tiny-sd's (:mod:`studio.models.tiny_vae`), kept in
+fp32 under half precision as SDXL's is (``force_upcast``). The cross-attention key/value projections
+get tiny-sd's initial gain so the text path matters.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ from pathlib import Path
 
 import torch
 
-from studio.models.builtin import BuiltinModel, builtin_path, register
-from studio.models.tiny_sd import TINY_RESOLUTION, tiny_text_encoder_config
+from studio.models.builtin import BuiltinModel, register
+from studio.models.tiny_sd import (
+    TINY_RESOLUTION,
+    TINY_VAE_SCALING,
+    strengthen_cross_attention,
+    tiny_text_encoder_config,
+)
+from studio.models.tiny_vae import tiny_autoencoder
 from studio.models.tokenizer import write_clip_tokenizer
 
 TEXT_ENCODER_DIM = 32  # stands for CLIP ViT-L's 768
 TEXT_ENCODER_2_DIM = 64  # stands for OpenCLIP ViT-bigG's 1280 (its projection has the same width)
 ADDITION_TIME_EMBED_DIM = 8  # SDXL: 256 per time id
 TIME_ID_COUNT = 6  # original size (2), crop top-left (2), target size (2)
-SDXL_VAE_SCALING_FACTOR = 0.13025
 SDXL_SCHEDULER = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -81,15 +87,6 @@ def tiny_sdxl_text_encoders():
     return first, second
 
 
-def tiny_sd_vae():
-    """tiny-sd's fitted VAE, given SDXL's VAE configuration values (scaling factor, fp32 upcast)."""
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(str(builtin_path("tiny-sd") / "vae"))
-    vae.register_to_config(scaling_factor=SDXL_VAE_SCALING_FACTOR, force_upcast=True)
-    return vae.eval()
-
-
 def build_tiny_sdxl(directory: Path) -> None:
     from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
@@ -97,9 +94,11 @@ def build_tiny_sdxl(directory: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(20)
         unet = tiny_sdxl_unet()
+        strengthen_cross_attention(unet)
         torch.manual_seed(21)
         text_encoder, text_encoder_2 = tiny_sdxl_text_encoders()
-    vae = tiny_sd_vae()
+    vae = tiny_autoencoder(resolution=TINY_RESOLUTION, scaling_factor=TINY_VAE_SCALING)
+    vae.register_to_config(force_upcast=True)
 
     scratch = directory / "_tokenizer_build"
     write_clip_tokenizer(scratch / "tokenizer")
@@ -127,7 +126,7 @@ register(
         kind="pipeline",
         description="SDXL architecture (two text encoders, added time conditioning), tiny and randomly "
         "initialised (64 px): offline demos and tests.",
-        version="1",
+        version="2",
         build=build_tiny_sdxl,
     )
 )

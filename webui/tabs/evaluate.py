@@ -38,6 +38,15 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _metric_plot(rows, metric: str) -> gr.BarPlot:
+    """One metric's bars, on an axis from 0 (or below, for a negative cosine) so bar lengths compare."""
+    data = pd.DataFrame([{"model": r.label, "score": r.scores[metric]} for r in rows if r.scores.get(metric) is not None],
+                        columns=["model", "score"])
+    low = min([0.0, *data["score"].tolist()])
+    high = max([1.0, *data["score"].tolist()])
+    return gr.BarPlot(value=data, y_lim=[low, high])
+
+
 def build(ctx: Context) -> EvaluateTab:
     timer = gr.Timer(1.0)
     seen = gr.State(None)
@@ -58,12 +67,20 @@ def build(ctx: Context) -> EvaluateTab:
             steps = gr.Number(30, precision=0, minimum=1, maximum=1000, label="Sampling steps", elem_id="eval-steps")
     status = gr.Markdown(elem_id="eval-status")
     scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label="Scores (raw cosine, 0-1)")
-    with gr.Row():
-        chart = gr.BarPlot(pd.DataFrame({"metric": [], "score": [], "model": []}), x="metric", y="score", color="model",
-                           title="Scores by metric", elem_id="eval-chart", label="Scores")
-        sheet = gr.Image(label="Contact sheet", elem_id="eval-sheet", interactive=False, type="filepath")
+    # One small chart per metric: Gradio's bar plot stacks bars of one x value, and stacked
+    # similarity scores would read as sums.
+    with gr.Row(elem_id="eval-chart"):
+        charts = [
+            gr.BarPlot(None, x="model", y="score", color="model", title=METRIC_LABELS[m], height=260, min_width=150,
+                       x_title=" ", x_label_angle=-30, show_label=False, colors_in_legend=[], elem_id=f"eval-chart-{m}",
+                       caption="lower is better" if m in LOWER_IS_BETTER else "higher is better")
+            for m in METRICS
+        ]
+    sheet = gr.Image(label="Contact sheet", elem_id="eval-sheet", interactive=False, type="filepath")
     gr.Markdown(f"Higher is better, except {', '.join(METRIC_LABELS[m] for m in LOWER_IS_BETTER)} "
                 "(the model forgetting its class). The base model is the untrained one, prompted without the identifier.")
+
+    outputs = [run, status, scores, *charts, sheet, seen]
 
     def on_start(run, clip, dino, images_per_prompt, max_prompts, steps):
         if not run:
@@ -80,19 +97,19 @@ def build(ctx: Context) -> EvaluateTab:
         if not run:
             choices = ctx.run_choices()
             if choices == seen:
-                return (gr.skip(),) * 5 + (seen,)
-            return gr.update(choices=choices), *([gr.skip()] * 4), choices
+                return (gr.skip(),) * (len(outputs) - 1) + (seen,)
+            return gr.update(choices=choices), *([gr.skip()] * (len(outputs) - 2)), choices
         try:
             train_job = ctx.ws.store.get(int(run))
         except (StudioError, ValueError):
-            return gr.skip(), "", *([gr.skip()] * 3), seen
+            return gr.skip(), "", *([gr.skip()] * (len(outputs) - 3)), seen
         evals = jobs_of_run(ctx.ws, train_job.id, "eval")
         report_path = Path(train_job.run_dir) / "eval" / "report.json"
         stamp = report_path.stat().st_mtime if report_path.is_file() else None
         rows = comparison(ctx.ws, train_job) if stamp else []
         signature = (run, [(j.id, j.state) for j in evals], stamp, [(r.label, r.scores) for r in rows])
         if signature == seen:
-            return (gr.skip(),) * 5 + (seen,)
+            return (gr.skip(),) * (len(outputs) - 1) + (seen,)
         latest = evals[0] if evals else None
         if latest is None:
             text = "Not evaluated yet." if not stamp else "Evaluated outside this queue (report found)."
@@ -101,16 +118,13 @@ def build(ctx: Context) -> EvaluateTab:
         if stamp and read_report(train_job.run_dir) is not None:
             table = pd.DataFrame([[r.label, r.role, *[_fmt(r.scores.get(m)) for m in METRICS]] for r in rows],
                                  columns=SCORE_COLUMNS)
-            long = pd.DataFrame([{"metric": METRIC_LABELS[m], "score": r.scores[m], "model": r.label}
-                                 for r in rows for m in METRICS if r.scores.get(m) is not None],
-                                columns=["metric", "score", "model"])
+            plots = [_metric_plot(rows, m) for m in METRICS]
             image = contact_sheet(train_job.run_dir)
-            return gr.skip(), text, table, long, str(image) if image else None, signature
+            return gr.skip(), text, table, *plots, str(image) if image else None, signature
         empty = pd.DataFrame(columns=SCORE_COLUMNS)
-        return gr.skip(), text, empty, pd.DataFrame(columns=["metric", "score", "model"]), None, signature
+        return gr.skip(), text, empty, *([None] * len(METRICS)), None, signature
 
     start.click(on_start, [run, clip, dino, images_per_prompt, max_prompts, steps], status, api_name="start_eval")
-    outputs = [run, status, scores, chart, sheet, seen]
     timer.tick(refresh, [run, seen], outputs, show_progress="hidden", api_name=False)
     run.focus(lambda: gr.update(choices=ctx.run_choices()), None, run, api_name=False)
     return EvaluateTab(run, timer)

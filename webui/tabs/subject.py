@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +34,18 @@ def _upload_name(path: Path) -> str:
     return path.name
 
 
-def messages_html(messages) -> str:
+def short_upload_paths(text: str, ctx: Context) -> str:
+    """Messages name uploaded files by their own name, not by Gradio's upload folder path."""
+    return re.sub(re.escape(str(ctx.ws.uploads_dir)) + r"/[^/\s]+/", "", text)
+
+
+def messages_html(messages, shorten=lambda text: text) -> str:
     """Per-file validation messages as a small table (file name, level, message)."""
     if not messages:
         return "<p class='subject-ok'>All photos look fine.</p>"
     rows = "".join(
         f"<tr class='msg-{m.level}'><td>{html.escape(_upload_name(Path(m.path)) if m.path else 'all photos')}</td>"
-        f"<td>{html.escape(m.level)}</td><td>{html.escape(m.text)}</td></tr>"
+        f"<td>{html.escape(m.level)}</td><td>{html.escape(shorten(m.text))}</td></tr>"
         for m in messages
     )
     return f"<table class='subject-messages'><tr><th>file</th><th></th><th>message</th></tr>{rows}</table>"
@@ -86,7 +92,7 @@ def build(ctx: Context) -> SubjectTab:
         except StudioError as error:
             return [], f"<p class='msg-error'>{html.escape(str(error))}</p>"
         gallery = [(item.image, _upload_name(item.path)) for item in validation.accepted]
-        return gallery, messages_html(validation.messages)
+        return gallery, messages_html(validation.messages, lambda text: short_upload_paths(text, ctx))
 
     def on_check(identifier, base):
         try:
@@ -113,7 +119,7 @@ def build(ctx: Context) -> SubjectTab:
                                       resolution=int(resolution or resolution_default), crop=crop,
                                       tokenizer=tokenizers)
         except StudioError as error:
-            return f"❌ {error}"
+            return f"❌ {short_upload_paths(str(error), ctx)}"
         warnings = "".join(f"\n- {html.escape(w)}" for w in subject.warnings)
         return (f"✅ Subject **{subject.directory.name}** created: {len(subject.image_paths)} images at "
                 f"{subject.resolution} px, instance prompt “{subject.instance_prompt}”." + warnings)

@@ -1,7 +1,4 @@
-"""A short deterministic fit that turns a randomly initialised tiny VAE into a usable autoencoder.
-
-Used only by the built-in tiny model builders, once, when they are first materialised.
-"""
+"""Procedurally drawn scenes: stand-in images for benchmarks and checks that need many pictures."""
 
 from __future__ import annotations
 
@@ -28,28 +25,3 @@ def synthetic_images(count: int, resolution: int, generator: torch.Generator) ->
             image = image * (1 - mask) + colour * mask
         images.append(image)
     return torch.stack(images) * 2 - 1
-
-
-def fit_autoencoder(vae, *, resolution: int, seed: int, steps: int = 100, batch_size: int = 4, lr: float = 3e-3):
-    """Fit ``vae`` to reconstruct synthetic scenes; returns it frozen, in eval mode.
-
-    The log-variance head starts near zero variance so the fit is a plain autoencoder fit and the
-    posterior stays sharp (sampling from it then adds almost no noise).
-    """
-    with torch.no_grad():
-        channels = vae.quant_conv.out_channels // 2
-        vae.quant_conv.weight[channels:].zero_()
-        vae.quant_conv.bias[channels:].fill_(-10.0)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    vae.train()
-    for _ in range(steps):
-        images = synthetic_images(batch_size, resolution, generator)
-        reconstruction = vae.decode(vae.encode(images).latent_dist.mean).sample
-        loss = torch.nn.functional.mse_loss(reconstruction, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    vae.eval()
-    vae.requires_grad_(False)
-    return vae
