@@ -73,8 +73,22 @@ def process_peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GB
 
 
+def trim_heap() -> None:
+    """Give memory that is free but still held by glibc's malloc back to the OS, so a phase's peak RSS
+    does not include what an earlier phase freed (GPU figures exclude freed memory the same way)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
-    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); False where unsupported."""
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); False where unsupported.
+    Call :func:`trim_heap` first."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True

@@ -89,6 +89,8 @@ def measure(name: str, compute: str, resolution: int) -> dict[str, Any]:
         warm_start = common.now()
         trainer._optimizer_step(0)  # warm-up: allocates the optimizer state
         warmup = common.now().since(warm_start)
+        common.trim_heap()
+        pre_step = common.rss_gb()
         common.reset_peak_rss()
         common.reset_gpu_peak()
         step_start = common.now()
@@ -97,7 +99,7 @@ def measure(name: str, compute: str, resolution: int) -> dict[str, Any]:
         peak = common.peak_rss_gb()
     return {
         "config": name, "label": mode.label, "gradient_checkpointing": gc, "settings": mode.settings,
-        "compute": compute, "resolution": resolution, "baseline_rss_gb": baseline, "setup_peak_rss_gb": setup_peak,
+        "compute": compute, "resolution": resolution, "baseline_rss_gb": baseline, "setup_peak_rss_gb": setup_peak, "rss_before_step_gb": pre_step,
         "step_peak_rss_gb": peak, "step_peak_minus_baseline_gb": peak - baseline, "gpu_max_allocated_gb": common.gpu_peak_gb(),
         "floor_gb": floor["total"] / common.GB,
         "floor_parts_gb": {k: (v / common.GB if isinstance(v, int) and k != "trainable_params" else v) for k, v in floor.items()

@@ -100,6 +100,7 @@ def run_trainer(method: str, arch: str, fast: bool, work) -> dict[str, Any]:
 
     def listener(event: dict) -> None:
         if event["type"] == "started":
+            common.trim_heap()
             common.reset_peak_rss()
             common.reset_gpu_peak()
         elif event["type"] == "step" and event["step"] >= warmup:

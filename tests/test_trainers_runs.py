@@ -117,8 +117,9 @@ def test_cli_train_and_resume(sample_subject, tmp_path, capsys):
 def test_two_process_accelerate_run(sample_subject, tmp_path, tiny_data_dir):
     run = tmp_path / "run"
     env = dict(os.environ, STUDIO_DATA_DIR=str(tiny_data_dir), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "studio", "train",
+    # accelerate's multi-process launcher (torchrun); without a GPU the processes join a gloo group.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "studio", "train",
                "--recipe", "tiny-lora", "--subject", str(sample_subject), "--out", str(run), "--quiet",
                "--set", "steps=8", "--set", "sample_every=0", "--set", "checkpoint_every=4"]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)

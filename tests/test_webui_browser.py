@@ -8,7 +8,9 @@ never used); without /usr/bin/chromium these tests are skipped.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -24,7 +26,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
-STEPS = 30
+STEPS = 40
+SAMPLE_EVERY = 20  # samples at steps 0, 20 and 40, two prompts each
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
@@ -104,6 +107,14 @@ def wait_text(page, elem_id: str, pattern: str, timeout_s: float = 300) -> str:
     raise AssertionError(f"#{elem_id} never matched {pattern!r}; last text: {text!r}")
 
 
+def wait_until(predicate, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.1)
+
+
 def progress(page) -> tuple[str, int, int]:
     bar = page.locator("#job-progress .job-progress")
     return bar.get_attribute("data-state") or "", int(bar.get_attribute("data-step") or 0), int(bar.get_attribute("data-total") or 0)
@@ -127,13 +138,13 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     fill_number(page, "setting-steps", STEPS)
     fill_number(page, "setting-batch_size", 1)
     page.locator("#train-advanced").get_by_text("Advanced").click()
-    for name, value in (("sample_every", 10), ("checkpoint_every", 10), ("sample_steps", 3), ("log_every", 1)):
+    for name, value in (("sample_every", SAMPLE_EVERY), ("checkpoint_every", 10), ("sample_steps", 3), ("log_every", 1)):
         fill_number(page, f"setting-{name}", value)
     log_step("train start")
     page.click("#train-start")
     wait_text(page, "train-status", "Queued", 60)
 
-    # The Jobs tab opens on the new job; watch it move, cancel it after its first checkpoint, resume it.
+    # The Jobs tab opens on the new job; watch it move, cancel it (it checkpoints), resume it.
     page.wait_for_selector("#job-progress .job-progress[data-total]", timeout=60_000)
     seen_steps, seen_points, seen_samples = set(), set(), set()
     cancelled = False
@@ -144,11 +155,18 @@ def test_subject_train_and_watch_progress(browser_page, ui):
         seen_steps.add(step)
         seen_points.add(page.locator("#loss-plot [aria-roledescription=point]").count())
         seen_samples.add(page.locator("#job-samples .grid-wrap img").count())
-        if state == "running" and step >= 11 and not cancelled:
-            page.click("#job-cancel")
+        if state == "running" and step >= 2 and not cancelled:
+            # Freeze the worker while the click travels, so the cancel lands mid-run on any machine.
+            job = ui.ws.store.list(kind="train")[0]
+            os.kill(job.pid, signal.SIGSTOP)
+            try:
+                page.click("#job-cancel")
+                wait_until(lambda job_id=job.id: ui.ws.store.get(job_id).cancel_requested, 30)
+            finally:
+                os.kill(job.pid, signal.SIGCONT)
             cancelled = True
         if state == "cancelled":
-            assert 10 <= step < STEPS, step
+            assert 0 < step < STEPS, step
             page.wait_for_selector("#job-resume:not([disabled])", timeout=30_000)
             page.click("#job-resume")
             page.wait_for_selector("#job-progress .job-progress:not([data-state=cancelled])", timeout=30_000)
@@ -158,8 +176,9 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     assert cancelled and state == "finished", page.locator("#job-reason").inner_text()
     assert total == STEPS and step == STEPS
     assert any(0 < s < STEPS for s in seen_steps), f"progress never moved between 0 and {STEPS}: {sorted(seen_steps)}"
-    assert page.locator("#job-samples .grid-wrap img").count() == 8  # 2 prompts at steps 0, 10, 20, 30
-    assert len({n for n in seen_samples if 0 < n < 8}) >= 1, f"the gallery did not grow: {sorted(seen_samples)}"
+    samples = 2 * (STEPS // SAMPLE_EVERY + 1)
+    assert page.locator("#job-samples .grid-wrap img").count() == samples
+    assert len({n for n in seen_samples if 0 < n < samples}) >= 1, f"the gallery did not grow: {sorted(seen_samples)}"
     assert len(seen_points - {0}) >= 2, f"the loss plot did not grow: {sorted(seen_points)}"
     assert page.locator("#job-log textarea").input_value().strip().endswith("finished")
     page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 import shutil
 import signal
@@ -91,7 +92,8 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.show_progress = show_progress
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision if torch.cuda.is_available() else "no")
+        on_gpu = torch.cuda.is_available()
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision if on_gpu else "no", cpu=not on_gpu)
         self.events = EventLog(self.run_dir, enabled=self.accelerator.is_main_process, listener=listener)
         self.method_class = method_class
         self.step = 0
@@ -464,6 +466,8 @@ class Trainer:
             write_json(self.run_dir / RESULT_FILE, result)
             self.events.emit("finished", step=self.step, artifact=self.method.artifact)
         self.accelerator.wait_for_everyone()
+        if not result:  # the other processes read what the main process wrote
+            result = json.loads((self.run_dir / RESULT_FILE).read_text())
         return result
 
 
