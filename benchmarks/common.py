@@ -86,6 +86,19 @@ def trim_heap() -> None:
         pass
 
 
+def fix_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """Make glibc serve every allocation above ``threshold`` with its own mapping, returned to the OS
+    on free (its default raises the threshold to 32 MiB after the first large free, after which freed
+    tensors stay resident as heap fragments). RSS then tracks live tensor bytes, as GPU allocator
+    counters do. Costs speed (page faults per allocation); only for measuring."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def reset_peak_rss() -> bool:
     """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); False where unsupported.
     Call :func:`trim_heap` first."""

@@ -59,7 +59,7 @@ def _dtypes(config) -> dict[str, Any]:
     }
 
 
-def measure(name: str, compute: str, resolution: int) -> dict[str, Any]:
+def measure(name: str, compute: str, resolution: int, allocator: str = "fixed") -> dict[str, Any]:
     """One configuration, in this (fresh) process."""
     from benchmarks.dry import DryCompute
     from studio.config import load_config
@@ -68,6 +68,7 @@ def measure(name: str, compute: str, resolution: int) -> dict[str, Any]:
     from trainers.base import Trainer, prepare_run_dir
 
     mode, gc = CONFIGS[name]
+    fixed = allocator == "fixed" and common.fix_mmap_threshold()
     work = common.setup_environment()
     baseline = common.rss_gb()
     config = load_config(None, {
@@ -99,7 +100,8 @@ def measure(name: str, compute: str, resolution: int) -> dict[str, Any]:
         peak = common.peak_rss_gb()
     return {
         "config": name, "label": mode.label, "gradient_checkpointing": gc, "settings": mode.settings,
-        "compute": compute, "resolution": resolution, "baseline_rss_gb": baseline, "setup_peak_rss_gb": setup_peak, "rss_before_step_gb": pre_step,
+        "compute": compute, "resolution": resolution, "allocator": "fixed mmap threshold" if fixed else "glibc default",
+        "baseline_rss_gb": baseline, "setup_peak_rss_gb": setup_peak, "rss_before_step_gb": pre_step,
         "step_peak_rss_gb": peak, "step_peak_minus_baseline_gb": peak - baseline, "gpu_max_allocated_gb": common.gpu_peak_gb(),
         "floor_gb": floor["total"] / common.GB,
         "floor_parts_gb": {k: (v / common.GB if isinstance(v, int) and k != "trainable_params" else v) for k, v in floor.items()
@@ -136,7 +138,7 @@ def table(results: list[dict[str, Any]]) -> str:
         rows.append([
             mode.label, "yes" if gc else "no", r["floor_gb"], r["step_peak_rss_gb"], r["step_peak_minus_baseline_gb"],
             r["step_peak_minus_baseline_gb"] / r["floor_gb"], r["gpu_max_allocated_gb"], r["setup_peak_rss_gb"],
-            r["step_s"]["wall_s"], f"{r['compute']} compute",
+            r["step_s"]["wall_s"], f"{r['compute']} compute, {r['allocator']}",
         ])
     return common.markdown_table(headers, rows)
 
@@ -147,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compute", choices=("auto", "dry", "real"), default="auto",
                         help="auto: real kernels on a GPU, dry compute on a CPU")
     parser.add_argument("--resolution", type=int, default=RESOLUTION)
+    parser.add_argument("--allocator", choices=("fixed", "default"), default="fixed",
+                        help="fixed: glibc mmap threshold pinned at 128 KiB so RSS tracks live tensors (what GPU counters "
+                             "see); default: glibc as a CPU training run has it (peaks include heap fragments)")
     parser.add_argument("--cap-gb", type=float, default=10.0, help="abort a configuration whose RSS passes this")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     parser.add_argument("--name", default="memory", help="results file name (results/NAME.json, .md)")
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             done[name] = {"config": name, "floor_gb": floor_gb, "predicted_step_peak_rss_gb": predicted,
                           "error": f"skipped: floor {floor_gb:.1f} GB / predicted peak above the {args.cap_gb:g} GB cap"}
         else:
-            done[name] = {"config": name, **common.run_isolated(measure, (name, compute, args.resolution), cap_gb=args.cap_gb, timeout_s=args.timeout)}
+            done[name] = {"config": name, **common.run_isolated(measure, (name, compute, args.resolution, args.allocator), cap_gb=args.cap_gb, timeout_s=args.timeout)}
             if "error" in done[name]:
                 done[name].setdefault("floor_gb", floor_gb)
                 done[name]["predicted_step_peak_rss_gb"] = predicted

@@ -25,7 +25,8 @@ def _load(name: str) -> dict[str, Any] | None:
 def _memory_rows() -> dict[str, dict[str, Any]]:
     """Memory results by configuration; a real-kernel measurement replaces a dry one."""
     rows: dict[str, dict[str, Any]] = {}
-    for path in sorted(common.RESULTS.glob("memory*.json"), key=lambda p: p.name != "memory.json"):
+    paths = [common.RESULTS / "memory.json", *sorted(common.RESULTS.glob("memory_real*.json"))]
+    for path in (p for p in paths if p.exists()):
         for row in json.loads(Path(path).read_text())["results"]:
             if "error" not in row and (row["config"] not in rows or row["compute"] == "real"):
                 rows[row["config"]] = row
