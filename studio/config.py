@@ -18,7 +18,7 @@ from studio.settings import TrainConfig, declarations, default_value
 _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _value_type(item: dataclasses.Field) -> tuple[str, bool]:
+def value_type(item: dataclasses.Field) -> tuple[str, bool]:
     """("int" | "float" | "bool" | "str" | "list", nullable) from a field's annotation string."""
     annotation = str(item.type).replace(" ", "")
     nullable = "|None" in annotation
@@ -28,7 +28,7 @@ def _value_type(item: dataclasses.Field) -> tuple[str, bool]:
 
 def describe_allowed(item: dataclasses.Field) -> str:
     meta = item.metadata
-    kind, nullable = _value_type(item)
+    kind, nullable = value_type(item)
     if meta.get("choices"):
         return "one of " + ", ".join(str(c) for c in meta["choices"])
     parts = {"list": "a list of strings", "bool": "true or false", "str": "a string", "int": "an integer", "float": "a number"}[kind]
@@ -39,7 +39,7 @@ def describe_allowed(item: dataclasses.Field) -> str:
 
 def coerce(item: dataclasses.Field, value: Any, *, source: str = "") -> Any:
     """Check and convert one value for setting ``item``; raise ConfigError naming the key."""
-    kind, nullable = _value_type(item)
+    kind, nullable = value_type(item)
     where = f" (in {source})" if source else ""
 
     def fail() -> ConfigError:

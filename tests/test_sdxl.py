@@ -97,8 +97,9 @@ def test_folder_refs_tokenizers_and_vae_override(sdxl_base, tmp_path):
     assert base.source == "folder" and base.family.name == "sdxl"
     assert [t.pad_token for t in load_tokenizers(str(folder))] == ["<|endoftext|>", "!"]
     swapped = load_base("tiny-sdxl", vae="tiny-sd")
-    assert swapped.pipeline.vae.config.scaling_factor == 0.18215  # tiny-sd's VAE config, not tiny-sdxl's
-    assert sdxl_base.pipeline.vae.config.scaling_factor == 0.13025
+    swapped_from = str(swapped.pipeline.vae.config._name_or_path)
+    assert "tiny-sd-v" in swapped_from and "tiny-sdxl" not in swapped_from  # tiny-sd's VAE, not tiny-sdxl's
+    assert "tiny-sdxl" in str(sdxl_base.pipeline.vae.config._name_or_path)
     assert swapped.extra["vae"] == "tiny-sd"
 
 

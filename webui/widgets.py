@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.config import _value_type
+from studio.config import value_type
 from studio.settings import BASIC, declarations, default_value
 
 PER_ROW = 3
@@ -47,7 +47,7 @@ def label_for(item: dataclasses.Field) -> str:
 
 def to_widget_value(item: dataclasses.Field, value: Any) -> Any:
     """A config value as its widget shows it (lists one item per line, empty for None)."""
-    kind, _ = _value_type(item)
+    kind, _ = value_type(item)
     if kind == "list":
         return "\n".join(value or [])
     if value is None:
@@ -59,7 +59,7 @@ def to_widget_value(item: dataclasses.Field, value: Any) -> Any:
 
 def from_widget_value(item: dataclasses.Field, value: Any) -> Any:
     """A widget's value as the config takes it; studio.config validates it afterwards."""
-    kind, nullable = _value_type(item)
+    kind, nullable = value_type(item)
     if kind == "list":
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
     if kind == "int" and isinstance(value, float) and value.is_integer():
@@ -70,7 +70,7 @@ def from_widget_value(item: dataclasses.Field, value: Any) -> Any:
 
 
 def make_widget(item: dataclasses.Field, value: Any, choices: list[str] | None = None) -> gr.components.Component:
-    kind, _ = _value_type(item)
+    kind, _ = value_type(item)
     meta = item.metadata
     common = dict(label=label_for(item), info=meta.get("help"), elem_id=f"setting-{item.name}",
                   value=to_widget_value(item, value))

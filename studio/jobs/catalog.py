@@ -10,7 +10,6 @@ from pathlib import Path
 
 DEFAULT_BASE = "tiny-sd"
 # Offered only if studio.export cannot be imported (jobs then fail with the import error).
-FALLBACK_EXPORT_FORMATS = ("diffusers", "kohya")
 
 
 def _hub_cache() -> Path:
@@ -59,10 +58,8 @@ def backbone_choices(kind: str) -> tuple[list[str], str]:
 
 def export_formats(method: str | None = None) -> list[str]:
     """The formats studio.export writes for runs of ``method`` (all formats when None)."""
-    try:
-        import studio.export as export
-    except ImportError:
-        return list(FALLBACK_EXPORT_FORMATS)
+    import studio.export as export
+
     if method:
         try:
             return list(export.formats_for(method))

@@ -94,10 +94,8 @@ def submit_export(ws: Workspace, train_job: int | str, formats: list[str], *, fo
     if not formats:
         raise StudioError("Choose at least one export format.")
     method = json.loads((Path(parent.run_dir) / RESULT_FILE).read_text())["method"]
-    try:
-        from studio.export import parse_formats
-    except ImportError as error:
-        raise StudioError(f"Export is not available in this Studio install ({error}).") from error
+    from studio.export import parse_formats
+
     chosen = parse_formats(method, list(formats))  # a bad format is reported now, not in the worker
     out_dir = Path(parent.run_dir) / EXPORTS_DIR / "-".join(chosen)
     params = {"formats": chosen, "force": force, "out_dir": str(out_dir)}

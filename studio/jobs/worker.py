@@ -65,19 +65,15 @@ def _accepted(function: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_eval(job: Job) -> None:
-    try:
-        from studio.evaluation import evaluate_run
-    except ImportError as error:
-        raise StudioError(f"Evaluation is not available in this Studio install ({error}).") from error
+    from studio.evaluation import evaluate_run
+
     report = evaluate_run(job.run_dir, **_accepted(evaluate_run, job.params.get("options", {})))
     print(f"evaluation written to {Path(job.run_dir) / 'eval'}; scores: {json.dumps(report.get('scores', {}))}", flush=True)
 
 
 def run_export(job: Job) -> None:
-    try:
-        from studio.export import export_run
-    except ImportError as error:
-        raise StudioError(f"Export is not available in this Studio install ({error}).") from error
+    from studio.export import export_run
+
     params = job.params
     extra = _accepted(export_run, {"log": lambda message: print(message, flush=True)})
     result = export_run(job.run_dir, params["formats"], params["out_dir"], force=bool(params.get("force", True)), **extra)
