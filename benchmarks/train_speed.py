@@ -16,7 +16,7 @@ trainer's own models and optimizer:
 Ratios use process CPU time (on tiny-sd with one torch thread), which other processes on a shared
 machine inflate far less than wall time; steps/s is wall time.
 
-    python -m benchmarks.train_speed                      # tiny-sd, all methods (~3 min on 2 cores)
+    python -m benchmarks.train_speed                      # tiny-sd, all methods (~2 min on 2 cores)
     python -m benchmarks.train_speed --arch sd15 --methods lora --modes fast   # 512 px, real kernels
 """
 
@@ -34,8 +34,8 @@ METHOD_SETTINGS = {
     "textual_inversion": {"method": "textual_inversion", "num_vectors": 2, "learning_rate": 5e-3},
 }
 ARCHS = {  # resolution, batch size, warm-up steps, timed steps, probe every N steps, probe repeats
-    "tiny-sd": (64, 2, 5, 80, 4, 4),
-    "sd15": (512, 1, 1, 1, 1, 1),
+    "tiny-sd": (64, 2, 5, 120, 4, 4),
+    "sd15": (512, 1, 1, 2, 1, 1),
 }
 
 
@@ -212,12 +212,18 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         fast_rel, off_rel = fast["trainer_per_bare"]["min"], off["trainer_per_bare"]["min"]
         out["caching_speedup"] = off_rel / fast_rel
         out["caching_pays"] = (off_rel - fast_rel) / off["encoders_per_bare"]["min"]
+        out["caching_pays_median"] = ((off["trainer_per_bare"]["median"] - fast["trainer_per_bare"]["median"])
+                                      / off["encoders_per_bare"]["median"])
     return out
 
 
+def _pair(a: float, b: float) -> str:
+    return f"{a:.2f}; {b:.2f}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    headers = ["method", "path", "steps/s (wall)", "step CPU ms", "bare UNet step CPU ms", "step / bare",
-               "VAE+TE fwd CPU ms", "saved by caching / VAE+TE cost", "peak RSS GB", "GPU max alloc GB"]
+    headers = ["method", "path", "steps/s (wall)", "step CPU ms", "bare UNet step CPU ms", "step / bare (min; median)",
+               "VAE+TE fwd CPU ms", "saved by caching / VAE+TE cost (min; median)", "peak RSS GB", "GPU max alloc GB"]
     rows = []
     for r in results:
         if "error" in r:
@@ -228,8 +234,10 @@ def table(results: list[dict[str, Any]]) -> str:
             if f:
                 rows.append([
                     r["method"], "fast path" if mode == "fast" else "caches off", f["steps_per_s"], 1e3 * f["step_cpu_s"],
-                    1e3 * f["bare_cpu_s"], f["trainer_per_bare"]["min"], 1e3 * f["encoders_cpu_s"] if "encoders_cpu_s" in f else None,
-                    r["ratios"]["caching_pays"] if mode == "nocache" else None, f["peak_rss_gb"], f["gpu_max_allocated_gb"],
+                    1e3 * f["bare_cpu_s"], _pair(f["trainer_per_bare"]["min"], f["trainer_per_bare"]["median"]),
+                    1e3 * f["encoders_cpu_s"] if "encoders_cpu_s" in f else None,
+                    _pair(r["ratios"]["caching_pays"], r["ratios"]["caching_pays_median"]) if mode == "nocache" else None,
+                    f["peak_rss_gb"], f["gpu_max_allocated_gb"],
                 ])
     return common.markdown_table(headers, rows)
 

@@ -68,7 +68,7 @@ def base_pipeline(run: Run):
     """A fresh pipeline of the run's untrained base model."""
     from studio.models import load_base
 
-    return load_base(run.config.base).pipeline
+    return load_base(run.config.base, vae=run.config.vae).pipeline
 
 
 def personalised_pipeline(run: Run):
