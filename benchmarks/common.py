@@ -32,6 +32,8 @@ def setup_environment() -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("STUDIO_DATA_DIR", str(Path(tempfile.gettempdir()) / "studio-bench-data"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # torch.cuda.is_available() through NVML: the parent must not initialise CUDA before forking children
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     work = Path(tempfile.gettempdir()) / "studio-bench-work"
     work.mkdir(parents=True, exist_ok=True)
     return work
