@@ -79,7 +79,7 @@ class TrainConfig:
     initializer_token: str = setting("", "Word the new embedding starts from (empty: the subject's class noun).", methods=("textual_inversion",))
     min_snr_gamma: float = setting(0.0, "Min-SNR-γ loss weighting (0 disables; 5 is the paper's value).", minimum=0.0, maximum=100.0)
     noise_offset: float = setting(0.0, "Offset noise strength (0 disables; about 0.05 helps very dark/bright images).", minimum=0.0, maximum=1.0)
-    random_flip: bool = setting(False, "Random horizontal flips (disables the latent cache: images are re-encoded every step).")
+    random_flip: bool = setting(False, "Random horizontal flips (the latent cache then holds both orientations).")
     cache_latents: bool = setting(True, "Encode each training image with the VAE once, then free the VAE from training memory.")
     cache_text_embeddings: bool = setting(True, "Encode prompts once when the text encoder is frozen, then free it from training memory.")
     torch_compile: bool = setting(False, "Compile the UNet with torch.compile (slow first step, faster after; GPU).")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from studio.atomic import atomic_dir
 from studio.errors import ModelLoadError
 from studio.paths import builtin_models_dir
@@ -84,6 +86,7 @@ def builtin_path(name: str) -> Path:
     with open(root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
-            with atomic_dir(target) as tmp:
+            # Building must not consume the caller's random numbers (a trainer may have seeded them).
+            with atomic_dir(target) as tmp, torch.random.fork_rng(devices=[]):
                 model.build(tmp)
     return target
