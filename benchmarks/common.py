@@ -181,12 +181,28 @@ def machine() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- inputs
 def subject(resolution: int) -> Path:
-    """The sample subject prepared at ``resolution`` (prepared once, then reused)."""
+    """The sample subject prepared at ``resolution`` (prepared once, then reused).
+
+    The sample photos are small (256–320 px); for resolutions they are too small for (SDXL's
+    1024 px) they are upscaled first: memory and speed do not depend on image detail.
+    """
+    from PIL import Image
+
     from studio.subjects import prepare_subject
 
-    folder = Path(os.environ["STUDIO_DATA_DIR"]) / f"bench-subject-{resolution}"
+    data = Path(os.environ["STUDIO_DATA_DIR"])
+    folder = data / f"bench-subject-{resolution}"
     if not (folder / "subject.json").exists():
         images = sorted(glob.glob(str(ROOT / "datasets" / "sample_subject" / "*.*g")))
+        if resolution > 512:
+            upscaled = data / f"bench-photos-{resolution}"
+            upscaled.mkdir(parents=True, exist_ok=True)
+            for i, path in enumerate(images):
+                with Image.open(path) as image:
+                    scale = resolution / min(image.size)
+                    size = (round(image.width * scale), round(image.height * scale))
+                    image.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(upscaled / f"{i:02d}.png")
+            images = sorted(str(p) for p in upscaled.glob("*.png"))
         prepare_subject(images, "sks", "toy", folder, resolution=resolution, force=True)
     return folder
 

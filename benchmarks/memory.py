@@ -1,4 +1,4 @@
-"""Peak memory of real SD1.5-architecture training steps at 512 px, batch 1, per mode.
+"""Peak memory of real SD1.5-architecture (512 px) and SDXL-architecture (1024 px) training steps, batch 1, per mode.
 
 Each configuration runs in its own forked process (the parent only imports libraries, so a child
 starts at the interpreter + torch + diffusers baseline): build SD1.5's architecture with random
@@ -10,6 +10,7 @@ for real and ``torch.cuda.max_memory_allocated`` is reported too.
 
     python -m benchmarks.memory                    # every configuration (about 10 min on 2 CPU cores)
     python -m benchmarks.memory --only lora-r4-gc  # one
+    python -m benchmarks.memory --only sdxl-lora-r4-bf16-gc   # SDXL at 1024 px
     python -m benchmarks.memory --only lora-r4 --compute real   # check dry against real kernels
 """
 
@@ -22,8 +23,20 @@ from typing import Any
 
 from benchmarks import common, floors
 
-UNET_PARAMS = 859_520_964
-RESOLUTION = 512
+
+@dataclass(frozen=True)
+class Architecture:
+    """A real base architecture the benchmark builds in memory (``real_arch.<builder>``)."""
+
+    label: str
+    ref: str
+    builder: str
+    unet_params: int
+    resolution: int
+
+
+SD15 = Architecture("SD1.5", "sd15-arch-random", "sd15_base", 859_520_964, 512)
+SDXL = Architecture("SDXL", "sdxl-arch-random", "sdxl_base", 2_567_463_684, 1024)
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,8 @@ class Mode:
     name: str
     label: str
     settings: dict[str, Any] = field(default_factory=dict)
+    arch: Architecture = SD15
+    checkpointing: tuple[bool, ...] = (False, True)
 
 
 MODES = [
@@ -40,8 +55,11 @@ MODES = [
     Mode("db-adamw", "DreamBooth, AdamW", {"method": "dreambooth", "optimizer": "adamw"}),
     Mode("db-8bit", "DreamBooth, 8-bit AdamW", {"method": "dreambooth", "optimizer": "adamw8bit"}),
     Mode("ti", "Textual inversion", {"method": "textual_inversion", "num_vectors": 1}),
+    # SDXL without checkpointing at 1024 px needs far more than the CPU cap; its floor is the same.
+    Mode("sdxl-lora-r4-bf16", "SDXL LoRA r=4, frozen weights bf16",
+         {"method": "lora", "lora_rank": 4, "lora_alpha": 4, "frozen_weights_dtype": "bf16"}, SDXL, (True,)),
 ]
-CONFIGS = {f"{m.name}{'-gc' if gc else ''}": (m, gc) for m in MODES for gc in (False, True)}
+CONFIGS = {f"{m.name}{'-gc' if gc else ''}": (m, gc) for m in MODES for gc in m.checkpointing}
 
 
 def _dtypes(config) -> dict[str, Any]:
@@ -59,31 +77,36 @@ def _dtypes(config) -> dict[str, Any]:
     }
 
 
-def measure(name: str, compute: str, resolution: int, allocator: str = "fixed") -> dict[str, Any]:
-    """One configuration, in this (fresh) process."""
+def build_base(arch: Architecture, config):
+    from studio.models import real_arch
+
+    return getattr(real_arch, arch.builder)(**_dtypes(config))
+
+
+def measure(name: str, compute: str, resolution: int | None, allocator: str = "fixed") -> dict[str, Any]:
+    """One configuration, in this (fresh) process (``resolution`` None: the architecture's own)."""
     from benchmarks.dry import DryCompute
     from studio.config import load_config
-    from studio.models.real_arch import sd15_base
     from trainers import METHODS
     from trainers.base import Trainer, prepare_run_dir
 
     mode, gc = CONFIGS[name]
+    resolution = resolution or mode.arch.resolution
     fixed = allocator == "fixed" and common.fix_mmap_threshold()
     work = common.setup_environment()
     baseline = common.rss_gb()
     config = load_config(None, {
-        **mode.settings, "base": "sd15-arch-random", "resolution": resolution, "batch_size": 1, "steps": 2,
+        **mode.settings, "base": mode.arch.ref, "resolution": resolution, "batch_size": 1, "steps": 2,
         "gradient_checkpointing": gc, "sample_every": 0, "checkpoint_every": 0, "prior_preservation": False,
     })
     start = common.now()
-    base = sd15_base(**_dtypes(config))
+    base = build_base(mode.arch, config)
     run_dir = common.fresh_run_dir(work, f"memory-{name}")
     prepare_run_dir(config, common.subject(resolution), run_dir)
     trainer = Trainer(METHODS[config.method], config, run_dir, base=base)
     dry = DryCompute() if compute == "dry" else None
     with dry or nullcontext():
         trainer._setup()
-        trainer._release_unneeded()
         setup = common.now().since(start)
         setup_peak = common.peak_rss_gb()
         floor = floors.floor_of(trainer)
@@ -99,8 +122,8 @@ def measure(name: str, compute: str, resolution: int, allocator: str = "fixed") 
         step = common.now().since(step_start)
         peak = common.peak_rss_gb()
     return {
-        "config": name, "label": mode.label, "gradient_checkpointing": gc, "settings": mode.settings,
-        "compute": compute, "resolution": resolution, "allocator": "fixed mmap threshold" if fixed else "glibc default",
+        "config": name, "label": mode.label, "architecture": mode.arch.label, "gradient_checkpointing": gc,
+        "settings": mode.settings, "compute": compute, "resolution": resolution, "allocator": "fixed mmap threshold" if fixed else "glibc default",
         "baseline_rss_gb": baseline, "setup_peak_rss_gb": setup_peak, "rss_before_step_gb": pre_step,
         "step_peak_rss_gb": peak, "step_peak_minus_baseline_gb": peak - baseline, "gpu_max_allocated_gb": common.gpu_peak_gb(),
         "floor_gb": floor["total"] / common.GB,
@@ -120,12 +143,20 @@ def _prediction(name: str, results: dict[str, dict]) -> float | None:
     if not reference or "error" in reference:
         return None
     activations = reference["step_peak_minus_baseline_gb"] - reference["floor_gb"]
-    floor = floors.predicted_floor(mode.settings["method"], mode.settings.get("optimizer", "adamw"), UNET_PARAMS) / common.GB
+    if mode.arch != SD15:
+        return None
+    floor = _predicted_floor_gb(mode)
     return reference["baseline_rss_gb"] + floor + activations
 
 
+def _predicted_floor_gb(mode: Mode) -> float:
+    frozen_bytes = 2 if mode.settings.get("frozen_weights_dtype") in ("bf16", "fp16") else 4
+    return floors.predicted_floor(mode.settings["method"], mode.settings.get("optimizer", "adamw"), mode.arch.unet_params,
+                                  frozen_bytes) / common.GB
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    headers = ["configuration", "grad. ckpt", "floor GB", "step peak RSS GB", "peak − baseline GB", "(peak − baseline) / floor",
+    headers = ["architecture", "configuration", "grad. ckpt", "floor GB", "step peak RSS GB", "peak − baseline GB", "(peak − baseline) / floor",
                "GPU max alloc GB", "setup peak RSS GB", "step s (wall)", "note"]
     rows = []
     for r in results:
@@ -133,10 +164,10 @@ def table(results: list[dict[str, Any]]) -> str:
         if "error" in r:
             predicted = r.get("predicted_step_peak_rss_gb")
             note = r["error"] + (f"; predicted step peak ≈ {predicted:.1f} GB" if predicted else "")
-            rows.append([mode.label, "yes" if gc else "no", r.get("floor_gb"), None, None, None, None, None, None, note])
+            rows.append([mode.arch.label, mode.label, "yes" if gc else "no", r.get("floor_gb"), None, None, None, None, None, None, note])
             continue
         rows.append([
-            mode.label, "yes" if gc else "no", r["floor_gb"], r["step_peak_rss_gb"], r["step_peak_minus_baseline_gb"],
+            mode.arch.label, mode.label, "yes" if gc else "no", r["floor_gb"], r["step_peak_rss_gb"], r["step_peak_minus_baseline_gb"],
             r["step_peak_minus_baseline_gb"] / r["floor_gb"], r["gpu_max_allocated_gb"], r["setup_peak_rss_gb"],
             r["step_s"]["wall_s"], f"{r['compute']} compute, {r['allocator']}",
         ])
@@ -148,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", nargs="*", choices=sorted(CONFIGS), help="configurations to run (default: all)")
     parser.add_argument("--compute", choices=("auto", "dry", "real"), default="auto",
                         help="auto: real kernels on a GPU, dry compute on a CPU")
-    parser.add_argument("--resolution", type=int, default=RESOLUTION)
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="override every architecture's own resolution (SD1.5 512 px, SDXL 1024 px)")
     parser.add_argument("--allocator", choices=("fixed", "default"), default="fixed",
                         help="fixed: glibc mmap threshold pinned at 128 KiB so RSS tracks live tensors (what GPU counters "
                              "see); default: glibc as a CPU training run has it (peaks include heap fragments)")
@@ -170,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done: dict[str, dict] = {}
     for name in sorted(order, key=lambda n: not n.startswith("lora-r4")):  # LoRA first: others are predicted from it
         mode, _ = CONFIGS[name]
-        floor_gb = floors.predicted_floor(mode.settings["method"], mode.settings.get("optimizer", "adamw"), UNET_PARAMS) / common.GB
+        floor_gb = _predicted_floor_gb(mode)
         predicted = _prediction(name, done)
         if not common.cuda_available() and (floor_gb > args.cap_gb or (predicted and predicted > args.cap_gb)):
             done[name] = {"config": name, "floor_gb": floor_gb, "predicted_step_peak_rss_gb": predicted,
@@ -185,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = [done[n] for n in order]
     payload = {"benchmark": "memory", "machine": common.machine(), "compute": compute, "resolution": args.resolution,
                "cap_gb": args.cap_gb, "results": results}
-    markdown = (f"## Peak memory, SD1.5 architecture (random weights), {args.resolution} px, batch 1 ({compute} compute)\n\n"
+    sizes = f"{args.resolution} px" if args.resolution else f"SD1.5 at {SD15.resolution} px, SDXL at {SDXL.resolution} px"
+    markdown = (f"## Peak memory, real architectures (random weights), {sizes}, batch 1 ({compute} compute)\n\n"
                 + table(results))
     common.write_results(args.name, payload, markdown)
     print(markdown)

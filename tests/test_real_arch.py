@@ -14,16 +14,18 @@ def _meta_count(build) -> float:
     return round(real_arch.parameter_count(module) / 1e6, 2)
 
 
-@pytest.mark.parametrize("name", ["unet", "vae", "text_encoder", "clip_b32"])
+@pytest.mark.parametrize("name", ["unet", "vae", "text_encoder", "clip_b32", "sdxl_unet", "sdxl_text_encoder_2"])
 def test_configs_match_published_parameter_counts(name):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     builders = {
         "unet": lambda: UNet2DConditionModel(**real_arch.SD15_UNET),
         "vae": lambda: AutoencoderKL(**real_arch.SD_VAE),
         "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**real_arch.CLIP_L14_TEXT)),
         "clip_b32": lambda: CLIPModel(CLIPConfig(**real_arch.CLIP_B32)),
+        "sdxl_unet": lambda: UNet2DConditionModel(**real_arch.SDXL_UNET),
+        "sdxl_text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**real_arch.OPENCLIP_BIGG14_TEXT)),
     }
     assert _meta_count(builders[name]) == real_arch.PARAMETER_COUNTS_M[name]
 

@@ -119,7 +119,7 @@ class Trainer:
             if not prompt:
                 raise ConfigError("prior_preservation is on but the class prompt is empty; set class_prompt or the subject's class noun.")
             self.class_prompt = prompt
-            with accelerator.main_process_first():
+            with accelerator.main_process_first(), self._generating_on_device():
                 self.class_paths = class_images(
                     self.base, prompt, config.num_class_images, resolution=config.resolution,
                     steps=config.class_image_steps, guidance=config.class_image_guidance,
@@ -128,11 +128,33 @@ class Trainer:
         self.method = self.method_class(config, self.base, self.subject)
         self.method.setup()
         self.components = self.method.components
-        self._place_modules()
+        self._set_dtypes_and_modes()
+        # Staged placement: only the VAE and text encoders are on the device while the caches are built;
+        # the ones the step no longer needs leave before the UNet arrives, so the device's peak is the
+        # larger of the two phases, not their sum (SDXL: 1.7 GB of encoders beside a 5.1 GB bf16 UNet).
         self._build_caches()
+        self._release_unneeded()
+        self._move_to_device()
         self._build_optimizer()
 
-    def _place_modules(self) -> None:
+    @contextmanager
+    def _generating_on_device(self):
+        """Class images on the accelerator, one model there at a time (diffusers' model offload):
+        the base is still in its loaded precision here, and all of SDXL in fp32 would need 14 GB."""
+        if self.device.type != "cuda":
+            yield
+            return
+        self.base.pipeline.enable_model_cpu_offload(device=self.device)
+        try:
+            with self.accelerator.autocast():
+                yield
+        finally:
+            self.base.pipeline.remove_all_hooks()
+            self.base.pipeline.to("cpu")
+
+    def _set_dtypes_and_modes(self) -> None:
+        """Cast each module to the precision it trains in (where it lies: placement comes later),
+        set train/eval modes and gradient checkpointing."""
         dtype = frozen_dtype(self.config)
         trainable = self.method.trainable_modules()
         for name, module in self.components.items():
@@ -141,14 +163,12 @@ class Trainer:
             has_trainable = any(p.requires_grad for p in module.parameters())
             if not has_trainable:  # a VAE whose config asks for it (SDXL's overflows in fp16) stays fp32
                 keep_fp32 = getattr(getattr(module, "config", None), "force_upcast", False)
-                module.to(self.device, dtype=torch.float32 if keep_fp32 else dtype)
+                module.to(dtype=torch.float32 if keep_fp32 else dtype)
             elif not self.method.reduced_frozen_params_ok:
-                module.to(self.device, dtype=torch.float32)
+                module.to(dtype=torch.float32)
             else:  # trainable tensors stay fp32; the frozen ones beside them may be reduced (LoRA)
                 for param in module.parameters():
-                    param.data = param.data.to(self.device, torch.float32 if param.requires_grad else dtype)
-                for buffer in module.buffers():
-                    buffer.data = buffer.data.to(self.device)
+                    param.data = param.data.to(torch.float32 if param.requires_grad else dtype)
             module.train(name in trainable)
         if self.config.gradient_checkpointing:  # every method backpropagates through the UNet
             self.components["unet"].enable_gradient_checkpointing()
@@ -156,8 +176,17 @@ class Trainer:
                 for encoder in self.family.text_encoders(self.components):
                     encoder.gradient_checkpointing_enable()
 
+    def _move_to_device(self, names=None) -> None:
+        """Move the named modules (default: every module not released) to the training device."""
+        released = set(getattr(self, "released", []))
+        for name in names or list(self.components):
+            module = self.components.get(name)
+            if isinstance(module, torch.nn.Module) and name not in released:
+                module.to(self.device)
+
     def _build_caches(self) -> None:
         config = self.config
+        self._move_to_device(["vae", *self.family.text_encoder_names])
         vae = self.components["vae"]
         compute_dtype = frozen_dtype(config)
         instance = load_image_tensors(self.subject.image_paths, config.resolution)
@@ -398,7 +427,6 @@ class Trainer:
             self.events.emit("started", step=0, total=config.steps, method=config.method, base=config.base)
         if self.step == 0:
             self._sample()
-        self._release_unneeded()
         start_step, started = self.step, time.perf_counter()
         # On a GPU a logged step's loss is read (a host sync) only after the next step is queued, so the
         # GPU never idles waiting for Python; on a CPU reading it costs nothing and happens at once.

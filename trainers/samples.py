@@ -12,7 +12,6 @@ SAMPLES_DIR = "samples"
 
 
 @torch.no_grad()
-@torch.no_grad()
 def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, resolution: int) -> list:
     """One square image per (prompt, seed), with classifier-free guidance; no progress bar."""
     pipeline.set_progress_bar_config(disable=True)

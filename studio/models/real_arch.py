@@ -1,14 +1,14 @@
-"""The real Stable Diffusion 1.5 and evaluation-backbone architectures, randomly initialised in memory.
+"""The real Stable Diffusion 1.5 / SDXL and evaluation-backbone architectures, randomly initialised in memory.
 
 Memory and FLOPs depend on shapes and dtypes, never on weight values, so these builders let the
 benchmarks measure the real architectures offline without downloading anything. Configs are written
 out here (the published ``config.json`` values of SD1.5's UNet and VAE, CLIP ViT-L/14's text tower,
-CLIP ViT-B/32 and DINO ViT-S/16). Modules are created on the meta device and then materialised
+SDXL 1.0's UNet, VAE and OpenCLIP ViT-bigG/14 text tower, CLIP ViT-B/32 and DINO ViT-S/16). Modules are created on the meta device and then materialised
 directly in the requested dtype with a cheap scaled-normal fill: building SD1.5 takes seconds, and
 a bf16 build never holds an fp32 copy.
 
 They are deliberately *not* registered as built-ins: materialising gigabytes of random weights on
-disk would help no user. Use :func:`sd15_base` and ``Trainer(..., base=...)`` instead.
+disk would help no user. Use :func:`sd15_base` / :func:`sdxl_base` and ``Trainer(..., base=...)`` instead.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from studio.models.tiny_sd import SD1_SCHEDULER
 from studio.models.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, write_clip_tokenizer
 
 SD15_REF = "sd15-arch-random"
+SDXL_REF = "sdxl-arch-random"
 POOL_SIZE = 2**20
 
 SD15_UNET = {
@@ -60,6 +61,35 @@ CLIP_TOKENS = {"vocab_size": CLIP_VOCAB_SIZE, "max_position_embeddings": CLIP_MA
                "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407, "hidden_act": "quick_gelu"}
 CLIP_L14_TEXT = {**CLIP_TOKENS, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                  "num_attention_heads": 12, "projection_dim": 768}
+# stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/ (same layout as SD's, its own scaling and
+# fp32 upcast), text_encoder/ (CLIP ViT-L/14's text tower) and text_encoder_2/ (OpenCLIP ViT-bigG/14's).
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "attention_head_dim": (5, 10, 20),
+    "transformer_layers_per_block": (1, 2, 10),
+    "use_linear_projection": True,
+    "cross_attention_dim": 2048,
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "act_fn": "silu",
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "mid_block_scale_factor": 1,
+}
+SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+OPENCLIP_BIGG14_TEXT = {**CLIP_TOKENS, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                        "num_attention_heads": 20, "projection_dim": 1280, "hidden_act": "gelu"}
 CLIP_B32 = {
     "text_config": {**CLIP_TOKENS, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
                     "num_attention_heads": 8},
@@ -70,7 +100,8 @@ CLIP_B32 = {
 DINO_S16 = {"image_size": 224, "patch_size": 16, "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
             "intermediate_size": 1536, "qkv_bias": True, "hidden_act": "gelu", "layer_norm_eps": 1e-6}
 # Published parameter counts (millions), checked by the tests of this module.
-PARAMETER_COUNTS_M = {"unet": 859.52, "vae": 83.65, "text_encoder": 123.06, "clip_b32": 151.28, "dino_s16": 21.67}
+PARAMETER_COUNTS_M = {"unet": 859.52, "vae": 83.65, "text_encoder": 123.06, "clip_b32": 151.28, "dino_s16": 21.67,
+                      "sdxl_unet": 2567.46, "sdxl_text_encoder_2": 694.66}
 
 
 def _fill_from_pool(param: torch.Tensor, pool: torch.Tensor, std: float) -> None:
@@ -126,11 +157,12 @@ def clip_l14_text_encoder(dtype: torch.dtype = torch.float32, device="cpu"):
     return materialize_random(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT)), dtype=dtype, device=device, seed=2)
 
 
-def clip_tokenizer():
+def clip_tokenizer(pad_token: str | None = None):
+    """The CLIP tokenizer as SD1.x ships it; ``pad_token="!"`` gives SDXL's ``tokenizer_2``."""
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as folder:
-        write_clip_tokenizer(Path(folder))
+        write_clip_tokenizer(Path(folder), **({"pad_token": pad_token} if pad_token else {}))
         return CLIPTokenizer.from_pretrained(folder)
 
 
@@ -154,6 +186,49 @@ def sd15_base(**dtypes: torch.dtype):
     from studio.models.loader import BaseModel
 
     return BaseModel(SD15_REF, "memory", sd15_pipeline(**dtypes))
+
+
+def sdxl_unet(dtype: torch.dtype = torch.float32, device="cpu"):
+    from diffusers import UNet2DConditionModel
+
+    return materialize_random(lambda: UNet2DConditionModel(**SDXL_UNET), dtype=dtype, device=device, seed=5)
+
+
+def sdxl_vae(dtype: torch.dtype = torch.float32, device="cpu"):
+    from diffusers import AutoencoderKL
+
+    return materialize_random(lambda: AutoencoderKL(**SDXL_VAE), dtype=dtype, device=device, seed=6)
+
+
+def openclip_bigg14_text_encoder(dtype: torch.dtype = torch.float32, device="cpu"):
+    """``CLIPTextModelWithProjection`` shaped like SDXL's ``text_encoder_2``."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(**OPENCLIP_BIGG14_TEXT)
+    return materialize_random(lambda: CLIPTextModelWithProjection(config), dtype=dtype, device=device, seed=7)
+
+
+def sdxl_pipeline(*, unet_dtype: torch.dtype = torch.float32, vae_dtype: torch.dtype = torch.float32,
+                  text_encoder_dtype: torch.dtype = torch.float32, text_encoder_2_dtype: torch.dtype | None = None):
+    """A ``StableDiffusionXLPipeline`` with SDXL 1.0's exact architecture and random weights."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from studio.models.tiny_sdxl import SDXL_SCHEDULER
+
+    return StableDiffusionXLPipeline(
+        unet=sdxl_unet(unet_dtype), vae=sdxl_vae(vae_dtype), text_encoder=clip_l14_text_encoder(text_encoder_dtype),
+        text_encoder_2=openclip_bigg14_text_encoder(text_encoder_2_dtype or text_encoder_dtype),
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(pad_token="!"),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER), force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def sdxl_base(**dtypes: torch.dtype):
+    """SDXL's architecture as a :class:`~studio.models.BaseModel`, for ``Trainer(..., base=...)``."""
+    from studio.models.loader import BaseModel
+
+    return BaseModel(SDXL_REF, "memory", sdxl_pipeline(**dtypes))
 
 
 def clip_b32_model(dtype: torch.dtype = torch.float32, device="cpu"):
