@@ -11,7 +11,11 @@ trainer's own models and optimizer:
 
 - bare step: UNet forward + backward + optimizer step (textual inversion: text-encoder forward
   too, since its gradient flows through it) — the floor any trainer pays;
-- the VAE encode and text-encoder forward a caches-off step adds.
+- the VAE encode and text-encoder forward a caches-off step adds;
+- in the caches-off run, the trainer's own optimizer step twice over, alternating: as the run has
+  it (caches off) and with the fast path's caches swapped in (``paired_steps``). Their difference,
+  measured side by side in one process, is what caching saves, without the drift between two
+  separate runs; ÷ the encoder forwards it is the *paired* "caching pays" ratio.
 
 Ratios use process CPU time (on tiny-sd with one torch thread), which other processes on a shared
 machine inflate far less than wall time; steps/s is wall time.
@@ -111,7 +115,8 @@ def run_trainer(method: str, arch: str, fast: bool, work) -> dict[str, Any]:
                 state["peak"] = (common.peak_rss_gb(), common.gpu_peak_gb())
             elif (step - warmup) % every == 0:
                 if "windows" not in state:
-                    functions = {"bare": bare_step(trainer)} | ({} if fast else {"encoders": encoder_forwards(trainer)})
+                    functions = {"bare": bare_step(trainer)} | (
+                        {} if fast else {"encoders": encoder_forwards(trainer), **paired_steps(trainer)})
                     state["windows"] = Windows(functions, warmup // 2, repeats)
                 state["windows"].probe(step)
 
@@ -135,7 +140,40 @@ def run_trainer(method: str, arch: str, fast: bool, work) -> dict[str, Any]:
     if not fast:
         figures["encoders_cpu_s"] = statistics.median(windows.times("encoders"))
         figures["encoders_per_bare"] = windows.ratio("encoders")
+        saved = [off - on for off, on in zip(windows.times("step_off"), windows.times("step_fast"), strict=True)]
+        figures["paired_saved_cpu_s"] = statistics.median(saved)
+        figures["paired_saved_per_encoders"] = statistics.median(
+            s / e for s, e in zip(saved, windows.times("encoders"), strict=True))
     return figures
+
+
+def paired_steps(trainer) -> dict:
+    """The trainer's own optimizer step as this caches-off run takes it, and with the fast path's
+    caches (latents encoded once, text embeddings encoded once) swapped in, on the same models."""
+    import torch
+
+    from trainers.data import LatentSource
+
+    off = trainer.latents
+    cached = LatentSource(off.vae, off.images, cache=True, random_flip=off.random_flip, device=off.device, dtype=off.dtype)
+    embeddings = None
+    if not trainer.method.text_encoder_trains():
+        with torch.no_grad():
+            embeddings = trainer.family.encode_prompts(trainer.components, trainer.prompts, trainer.device)
+    variants = {"step_off": (off, None, {}), "step_fast": (cached, embeddings, {})}
+
+    def using(state: tuple):
+        def step() -> None:
+            saved = trainer.latents, trainer.cached_embeddings, trainer.step_inputs
+            trainer.latents, trainer.cached_embeddings, trainer.step_inputs = state
+            try:
+                trainer._optimizer_step(trainer.step)
+            finally:
+                trainer.latents, trainer.cached_embeddings, trainer.step_inputs = saved
+
+        return step
+
+    return {name: using(state) for name, state in variants.items()}
 
 
 def bare_step(trainer):
@@ -205,9 +243,11 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
     = time the fast path saves / what the VAE and text-encoder forwards cost (>= 1: it saves at least
     that). Each run's figures are in units of its own bare step, so drift between runs cancels. The
     medians over windows are the headline (stable from run to run on a shared machine); the ratios
-    of the fastest windows are kept as ``*_min``."""
+    of the fastest windows are kept as ``*_min``. ``caching_pays_paired`` compares the two paths
+    inside one run (see ``paired_steps``)."""
     fast, off = r.get("fast"), r.get("nocache")
-    out: dict[str, float | None] = {"overhead": None, "caching_speedup": None, "caching_pays": None}
+    out: dict[str, float | None] = {"overhead": None, "caching_speedup": None, "caching_pays": None,
+                                    "caching_pays_paired": off.get("paired_saved_per_encoders") if off else None}
     if fast:
         out["overhead"] = fast["trainer_per_bare"]["median"]
         out["overhead_min"] = fast["trainer_per_bare"]["min"]
@@ -225,11 +265,12 @@ def _pair(a: float, b: float) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     headers = ["method", "path", "steps/s (wall)", "step CPU ms", "bare UNet step CPU ms", "step / bare (median; fastest)",
-               "VAE+TE fwd CPU ms", "saved by caching / VAE+TE cost (median; fastest)", "peak RSS GB", "GPU max alloc GB"]
+               "VAE+TE fwd CPU ms", "saved by caching / VAE+TE cost (median; fastest)", "paired: saved ms; ÷ VAE+TE cost",
+               "peak RSS GB", "GPU max alloc GB"]
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r.get("method"), "error", r["error"]] + [None] * 7)
+            rows.append([r.get("method"), "error", r["error"]] + [None] * 8)
             continue
         for mode in ("fast", "nocache"):
             f = r.get(mode)
@@ -239,6 +280,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     1e3 * f["bare_cpu_s"], _pair(f["trainer_per_bare"]["median"], f["trainer_per_bare"]["min"]),
                     1e3 * f["encoders_cpu_s"] if "encoders_cpu_s" in f else None,
                     _pair(r["ratios"]["caching_pays"], r["ratios"]["caching_pays_min"]) if mode == "nocache" else None,
+                    _pair(1e3 * f["paired_saved_cpu_s"], f["paired_saved_per_encoders"]) if "paired_saved_cpu_s" in f else None,
                     f["peak_rss_gb"], f["gpu_max_allocated_gb"],
                 ])
     return common.markdown_table(headers, rows)

@@ -193,14 +193,14 @@ def _load_embedding(pipe, source: AdapterSource, token: str | None) -> list[str]
     return [token] + [f"{token}_{i}" for i in range(1, count)]
 
 
-def apply_run_result(run_dir: Path, result: dict[str, Any], base_ref: str):
-    """Load the base and apply a run's adapter, or load a DreamBooth model folder."""
-    from studio.models import load_base
+def apply_run_result(run_dir: Path, result: dict[str, Any], config):
+    """Load the run's base (as ``config`` names it) and apply its adapter, or load a DreamBooth model folder."""
+    from studio.models import load_base, load_configured_base
 
     artifact = Path(run_dir) / result["artifact"]
     if result["method"] == "dreambooth":
         return load_base(str(artifact)).pipeline
-    pipeline = load_base(base_ref).pipeline
+    pipeline = load_configured_base(config).pipeline
     if result["method"] == "lora":
         pipeline.load_lora_weights(str(artifact), weight_name=LORA_WEIGHTS_FILE, use_safetensors=True)
     elif result["method"] == "textual_inversion":

@@ -66,9 +66,9 @@ def load_run(run_dir: str | Path) -> Run:
 
 def base_pipeline(run: Run):
     """A fresh pipeline of the run's untrained base model."""
-    from studio.models import load_base
+    from studio.models import load_configured_base
 
-    return load_base(run.config.base, vae=run.config.vae).pipeline
+    return load_configured_base(run.config).pipeline
 
 
 def personalised_pipeline(run: Run):
@@ -76,7 +76,7 @@ def personalised_pipeline(run: Run):
     from studio.adapters import apply_run_result
 
     result = run.require_finished()
-    return apply_run_result(run.directory, result, run.config.base)
+    return apply_run_result(run.directory, result, run.config)
 
 
 def prompt_token(run: Run) -> str:

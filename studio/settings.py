@@ -49,6 +49,7 @@ class TrainConfig:
 
     method: str = setting("lora", "What trains: LoRA adapters, the whole UNet (DreamBooth) or new token embeddings.", group=BASIC, choices=METHODS)
     base: str = setting("tiny-sd", "Base model: a built-in name, a diffusers folder, a .safetensors checkpoint or a hub id.", group=BASIC)
+    base_config: str | None = setting(None, "For a single-file .safetensors base: a diffusers folder (or hub id) of the same architecture whose configs and tokenizers describe the file. Needed offline, where diffusers cannot fetch them; ignored for other bases.", nullable=True)
     resolution: int = setting(512, "Training resolution in pixels (a multiple of 8).", group=BASIC, minimum=8, maximum=4096)
     steps: int = setting(800, "Optimizer steps.", group=BASIC, minimum=1, maximum=1_000_000)
     batch_size: int = setting(1, "Instance images per step (class images are added on top with prior preservation).", group=BASIC, minimum=1, maximum=256)

@@ -128,3 +128,23 @@ def test_two_process_accelerate_run(sample_subject, tmp_path, tiny_data_dir):
     assert len(replicas) == 2 and replicas[0]["sha256"] == replicas[1]["sha256"]
     assert (run / "adapter" / "pytorch_lora_weights.safetensors").exists()
     assert read_events(run)[-1]["type"] == "finished"
+
+
+def test_single_file_base_trains_offline_with_base_config(tiny_dreambooth_export, sample_subject, tmp_path):
+    """A .safetensors checkpoint as the base: offline it needs base_config (the error says so); with it,
+    training, the personalised pipeline and the run's untrained base all load it."""
+    from studio.errors import ModelLoadError
+    from studio.models import load_configured_base
+    from studio.runs import base_pipeline, load_run, personalised_pipeline
+
+    folder = tiny_dreambooth_export.out_dir  # the exported diffusers folder, beside its single file
+    checkpoint = folder / "sks-toy-dreambooth.safetensors"
+    assert checkpoint.is_file() and (folder / "model_index.json").is_file()
+    with pytest.raises(ModelLoadError, match="base_config"):
+        load_configured_base(tiny_config("lora", base=str(checkpoint)))
+    run = tmp_path / "run"
+    trainers.train(tiny_config("lora", base=str(checkpoint), base_config=str(folder), steps=2), sample_subject, run)
+    loaded = load_run(run)
+    assert loaded.config.base_config == str(folder)
+    assert type(personalised_pipeline(loaded)).__name__ == "StableDiffusionPipeline"
+    assert base_pipeline(loaded).unet.config.sample_size == 8

@@ -102,7 +102,7 @@ class Trainer:
     def _setup(self) -> None:
         from diffusers import DDPMScheduler
 
-        from studio.models import load_base
+        from studio.models import load_configured_base
 
         config, accelerator = self.config, self.accelerator
         torch.manual_seed(config.seed)
@@ -110,7 +110,7 @@ class Trainer:
         self.subject = load_subject(self.run_dir / SUBJECT_DIR)
         if not self.subject.image_paths:
             raise ConfigError(f"The subject in {self.run_dir / SUBJECT_DIR} has no images; prepare it again with `studio prepare`.")
-        self.base = self.given_base if self.given_base is not None else load_base(config.base, vae=config.vae)
+        self.base = self.given_base if self.given_base is not None else load_configured_base(config)
         self.family = self.base.family
         self.noise_scheduler = DDPMScheduler.from_config(self.base.pipeline.scheduler.config)
         self.class_paths: list[Path] = []

@@ -30,12 +30,12 @@ class DreamBoothMethod(Method):
 
     def save_result(self, directory: Path) -> dict[str, Any]:
         """A complete diffusers pipeline folder; modules released during training are reloaded."""
-        from studio.models import load_base
+        from studio.models import load_configured_base
 
         pipeline = self.base.pipeline
         missing = [name for name in ("vae", *self.family.text_encoder_names) if getattr(pipeline, name, None) is None]
         if missing:
-            fresh = load_base(self.config.base, vae=self.config.vae).pipeline
+            fresh = load_configured_base(self.config).pipeline
             pipeline.register_modules(**{name: getattr(fresh, name) for name in missing})
         pipeline.to(torch.float32)
         pipeline.save_pretrained(str(directory), safe_serialization=True)

@@ -69,9 +69,9 @@ class ExportContext:
 
     def fresh_base(self):
         """A newly loaded, untouched base pipeline (what a consumer starts from)."""
-        from studio.models import load_base
+        from studio.models import load_configured_base
 
-        return load_base(self.base).pipeline
+        return load_configured_base(self.run.config).pipeline
 
     def record(self, path: Path, fmt: str, consumer: str, check: str, **details: Any) -> None:
         relative = path.relative_to(self.out).as_posix()

@@ -122,8 +122,8 @@ def _single_file_pipeline(path: Path, allow_pickle: bool, torch_dtype, config: s
         pipe = pipeline_class.from_single_file(str(path), **kwargs)
     except Exception as error:
         hint = (
-            " Offline, diffusers needs the model's configuration: pass --base-config with a local diffusers "
-            "folder of the same architecture (for example one made by `studio models materialize`)."
+            " Offline, diffusers needs the model's configuration: set base_config (--set base_config=FOLDER) to a "
+            "local diffusers folder of the same architecture (for example one made by `studio models materialize`)."
             if hub_offline() or not config
             else ""
         )
@@ -186,6 +186,12 @@ def load_base(
         f"'{ref}' is not a built-in model ({', '.join(builtins())}), an existing folder or file, "
         "or a Hugging Face Hub id of the form 'owner/name'."
     )
+
+
+def load_configured_base(config) -> BaseModel:
+    """The base a training configuration names, as its run uses it: with its ``vae`` override and,
+    for a single-file base, its ``base_config`` folder."""
+    return load_base(config.base, vae=config.vae, single_file_config=config.base_config)
 
 
 def load_tokenizers(ref: str) -> list[Any]:
