@@ -1,14 +1,12 @@
-"""``evaluate_run``: the protocol on a run (fake pipelines for speed), and end to end on a trained run."""
+"""``evaluate_run``: the protocol on a trained tiny run, failure handling, and the CLI end to end."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from types import SimpleNamespace
+import shutil
 
 import numpy as np
 import pytest
-import torch
 from conftest import tiny_config
 from PIL import Image
 
@@ -16,80 +14,61 @@ import studio.runs as runs
 from studio.cli import main
 from studio.errors import StudioError
 from studio.evaluation import evaluate_run, validate_report
-from studio.subjects import load_subject
-
-
-class FakePipe:
-    """Stands in for a diffusers pipeline: an image depends only on its prompt and its generator."""
-
-    def __init__(self, fail: bool = False):
-        self.calls: list[dict] = []
-        self.fail = fail
-
-    def set_progress_bar_config(self, **kwargs):
-        pass
-
-    def __call__(self, *, prompt, generator, height, width, **kwargs):
-        if self.fail:
-            raise RuntimeError("out of memory")
-        self.calls.append(dict(kwargs, prompt=prompt, height=height, width=width))
-        images = []
-        for text, gen in zip(prompt, generator, strict=True):
-            noise = torch.rand(4, 4, 3, generator=gen).numpy() * 200 + len(text) % 50
-            images.append(Image.fromarray(noise.astype(np.uint8)).resize((width, height)))
-        return SimpleNamespace(images=images)
 
 
 @pytest.fixture
-def fake_run(sample_subject, tmp_path, monkeypatch):
+def ti_run(tiny_ti_run, tmp_path):
+    """A private copy of the session's trained textual-inversion run (evaluation writes into it)."""
     directory = tmp_path / "run"
-    directory.mkdir()
-    result = {"method": "textual_inversion", "base": "tiny-sd", "artifact": "adapter", "token": "<sks>"}
-    run = runs.Run(directory, tiny_config("textual_inversion"), load_subject(sample_subject), result)
-    pipes = {"personalised": FakePipe(), "base": FakePipe()}
-    monkeypatch.setattr(runs, "load_run", lambda path: run)
-    monkeypatch.setattr(runs, "personalised_pipeline", lambda r: pipes["personalised"])
-    monkeypatch.setattr(runs, "base_pipeline", lambda r: pipes["base"])
-    return run, pipes
+    shutil.copytree(tiny_ti_run, directory)
+    return runs.load_run(directory)
 
 
-def test_protocol_writes_images_report_and_contact_sheet(fake_run, tiny_data_dir):
-    run, pipes = fake_run
-    report = evaluate_run(run.directory, prompts="dreambench", max_prompts=2, images_per_prompt=2, class_images=3,
+def test_protocol_writes_images_report_and_contact_sheet(ti_run, tiny_data_dir):
+    before = sorted(p.name for p in ti_run.directory.iterdir())
+    report = evaluate_run(ti_run.directory, prompts="dreambench", max_prompts=2, images_per_prompt=2, class_images=3,
                           seed=5, steps=3, guidance=4.0, clip="tiny-clip", dino="tiny-dino")
-    eval_dir = run.directory / "eval"
+    eval_dir = ti_run.directory / "eval"
     assert json.loads((eval_dir / "report.json").read_text()) == json.loads(json.dumps(report))
     assert validate_report(report) == []
     assert report["counts"] == {"personalised": 4, "base": 4, "class": 3, "references": 4, "prompts": 2}
     assert report["seeds"] == [5, 6] and report["settings"]["prompts"] == "dreambench-objects"
-    assert report["subject"]["token"] == "<sks>" and report["method"] == "textual_inversion"
+    token = ti_run.result["token"]
+    assert report["subject"]["token"] == token and report["method"] == "textual_inversion"
     roles = {role: [i for i in report["images"] if i["role"] == role] for role in ("personalised", "base", "class")}
-    assert [i["prompt"] for i in roles["personalised"]][:2] == ["a <sks> toy in the jungle"] * 2
+    assert [i["prompt"] for i in roles["personalised"]][:2] == [f"a {token} toy in the jungle"] * 2
     assert [i["prompt"] for i in roles["base"]][:2] == ["a toy in the jungle"] * 2
     assert {i["prompt"] for i in roles["class"]} == {"a toy"} and [i["seed"] for i in roles["class"]] == [5, 6, 7]
     assert all((eval_dir / i["path"]).is_file() for i in report["images"])
+    with Image.open(eval_dir / roles["personalised"][0]["path"]) as image:
+        assert image.size == (64, 64)  # the run's resolution
     assert (eval_dir / "contact_sheet.png").is_file()
     assert report["per_prompt"][0]["text"] == "a toy in the jungle" and report["per_prompt"][0]["base_scores"]
     assert all(isinstance(report["base_scores"][k], float) for k in ("clip_i", "clip_t", "dino", "div"))
-    call = pipes["personalised"].calls[0]
-    assert (call["height"], call["num_inference_steps"], call["guidance_scale"]) == (64, 3, 4.0)
-    assert not [p for p in run.directory.iterdir() if p.name.startswith(".")]
+    # the learned token changes what the same prompt and seed render
+    personalised = np.asarray(Image.open(eval_dir / roles["personalised"][0]["path"]), dtype=float)
+    base = np.asarray(Image.open(eval_dir / roles["base"][0]["path"]), dtype=float)
+    assert np.abs(personalised - base).mean() > 1.0
+    assert sorted(p.name for p in ti_run.directory.iterdir()) == sorted(before + ["eval"])  # no temporary left
 
 
-def test_failed_evaluation_leaves_nothing_that_looks_finished(fake_run, tiny_data_dir, monkeypatch):
-    run, _ = fake_run
-    monkeypatch.setattr(runs, "base_pipeline", lambda r: FakePipe(fail=True))
+def test_failed_evaluation_leaves_nothing_that_looks_finished(ti_run, tiny_data_dir, monkeypatch):
+    before = sorted(p.name for p in ti_run.directory.iterdir())
+
+    def out_of_memory(run):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runs, "base_pipeline", out_of_memory)  # a failure half-way: the base loads after the run's own
     with pytest.raises(RuntimeError, match="out of memory"):
-        evaluate_run(run.directory, prompts=["a {0} {1}"], images_per_prompt=1, class_images=0,
+        evaluate_run(ti_run.directory, prompts=["a {0} {1}"], images_per_prompt=1, class_images=0,
                      clip="tiny-clip", dino="tiny-dino")
-    assert list(run.directory.iterdir()) == []
+    assert sorted(p.name for p in ti_run.directory.iterdir()) == before
 
 
-def test_unfinished_run_names_the_fix(fake_run):
-    run, _ = fake_run
-    run.result = None
+def test_unfinished_run_names_the_fix(ti_run):
+    (ti_run.directory / "result.json").unlink()
     with pytest.raises(StudioError, match="resume"):
-        evaluate_run(run.directory, clip="tiny-clip", dino="tiny-dino")
+        evaluate_run(ti_run.directory, clip="tiny-clip", dino="tiny-dino")
 
 
 @pytest.mark.slow
@@ -107,5 +86,5 @@ def test_evaluate_a_trained_lora_run_from_the_cli(sample_subject, tmp_path):
     assert report["counts"]["personalised"] == 4 and report["counts"]["base"] == 4
     assert report["per_prompt"][1]["prompt"] == "a red sks toy"
     for image in report["images"]:
-        assert Image.open(Path(run_dir / "eval" / image["path"])).size == (64, 64)
+        assert Image.open(run_dir / "eval" / image["path"]).size == (64, 64)
     assert (run_dir / "eval" / "contact_sheet.png").is_file()
