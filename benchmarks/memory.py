@@ -71,7 +71,7 @@ def _dtypes(config) -> dict[str, Any]:
     checkpoint with ``torch_dtype`` does); trainable modules are fp32."""
     import torch
 
-    from trainers.base import frozen_dtype
+    from trainers.placement import frozen_dtype
 
     frozen = frozen_dtype(config)
     return {

@@ -6,7 +6,6 @@ events live here once; ``trainers/lora.py`` etc. only say what trains and how it
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
@@ -25,17 +24,18 @@ from studio.errors import ConfigError, StudioError
 from studio.models.vae import decode_in_fp32
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
-from trainers import checkpoints, objectives
+from trainers import checkpoints, objectives, placement
 from trainers.data import LatentSource, load_image_tensors, sample_indices
 from trainers.events import EventLog
 from trainers.method import Method
+from trainers.optim import build_lr_scheduler, build_optimizer
+from trainers.placement import frozen_dtype
 from trainers.prior import class_images
 from trainers.samples import SAMPLES_DIR, default_sample_prompts, render_samples
 
 CANCEL_FILE = "cancel.request"
 RESULT_FILE = "result.json"
 SUBJECT_DIR = "subject"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingCancelled(StudioError):
@@ -44,21 +44,6 @@ class TrainingCancelled(StudioError):
 
 class TrainingFailed(StudioError):
     """Training stopped on an error; the run directory records why."""
-
-
-def frozen_dtype(config: TrainConfig) -> torch.dtype:
-    if config.frozen_weights_dtype != "auto":
-        return DTYPES[config.frozen_weights_dtype]
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
-
-
-def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    """torch's fused AdamW where this torch supports it for these tensors (one kernel for all of them:
-    on LoRA's many small tensors 5x less CPU time than the default per-tensor loop), else the default."""
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr)
 
 
 @contextmanager
@@ -119,7 +104,7 @@ class Trainer:
             if not prompt:
                 raise ConfigError("prior_preservation is on but the class prompt is empty; set class_prompt or the subject's class noun.")
             self.class_prompt = prompt
-            with accelerator.main_process_first(), self._generating_on_device():
+            with accelerator.main_process_first(), placement.generating_on_device(self.base.pipeline, self.device, accelerator.autocast):
                 self.class_paths = class_images(
                     self.base, prompt, config.num_class_images, resolution=config.resolution,
                     steps=config.class_image_steps, guidance=config.class_image_guidance,
@@ -129,64 +114,23 @@ class Trainer:
         self.method.setup()
         self.components = self.method.components
         self._set_dtypes_and_modes()
-        # Staged placement: only the VAE and text encoders are on the device while the caches are built;
-        # the ones the step no longer needs leave before the UNet arrives, so the device's peak is the
-        # larger of the two phases, not their sum (SDXL: 1.7 GB of encoders beside a 5.1 GB bf16 UNet).
-        self._build_caches()
+        self._build_caches()  # staged placement: see trainers/placement.py
         self._release_unneeded()
-        self._move_to_device()
+        placement.move_to_device(self.components, self.device, skip=self.released)
         self._build_optimizer()
 
-    @contextmanager
-    def _generating_on_device(self):
-        """Class images on the accelerator, one model there at a time (diffusers' model offload):
-        the base is still in its loaded precision here, and all of SDXL in fp32 would need 14 GB."""
-        if self.device.type != "cuda":
-            yield
-            return
-        self.base.pipeline.enable_model_cpu_offload(device=self.device)
-        try:
-            with self.accelerator.autocast():
-                yield
-        finally:
-            self.base.pipeline.remove_all_hooks()
-            self.base.pipeline.to("cpu")
-
     def _set_dtypes_and_modes(self) -> None:
-        """Cast each module to the precision it trains in (where it lies: placement comes later),
-        set train/eval modes and gradient checkpointing."""
-        dtype = frozen_dtype(self.config)
-        trainable = self.method.trainable_modules()
-        for name, module in self.components.items():
-            if not isinstance(module, torch.nn.Module):
-                continue
-            has_trainable = any(p.requires_grad for p in module.parameters())
-            if not has_trainable:  # a VAE whose config asks for it (SDXL's overflows in fp16) stays fp32
-                keep_fp32 = getattr(getattr(module, "config", None), "force_upcast", False)
-                module.to(dtype=torch.float32 if keep_fp32 else dtype)
-            elif not self.method.reduced_frozen_params_ok:
-                module.to(dtype=torch.float32)
-            else:  # trainable tensors stay fp32; the frozen ones beside them may be reduced (LoRA)
-                for param in module.parameters():
-                    param.data = param.data.to(torch.float32 if param.requires_grad else dtype)
-            module.train(name in trainable)
+        placement.set_dtypes_and_modes(self.components, self.method.trainable_modules(), dtype=frozen_dtype(self.config),
+                                       reduced_frozen_params_ok=self.method.reduced_frozen_params_ok)
         if self.config.gradient_checkpointing:  # every method backpropagates through the UNet
             self.components["unet"].enable_gradient_checkpointing()
             if self.method.text_encoder_trains():
                 for encoder in self.family.text_encoders(self.components):
                     encoder.gradient_checkpointing_enable()
 
-    def _move_to_device(self, names=None) -> None:
-        """Move the named modules (default: every module not released) to the training device."""
-        released = set(getattr(self, "released", []))
-        for name in names or list(self.components):
-            module = self.components.get(name)
-            if isinstance(module, torch.nn.Module) and name not in released:
-                module.to(self.device)
-
     def _build_caches(self) -> None:
         config = self.config
-        self._move_to_device(["vae", *self.family.text_encoder_names])
+        placement.move_to_device(self.components, self.device, ["vae", *self.family.text_encoder_names])
         vae = self.components["vae"]
         compute_dtype = frozen_dtype(config)
         instance = load_image_tensors(self.subject.image_paths, config.resolution)
@@ -203,63 +147,19 @@ class Trainer:
         ]
 
     def _release_unneeded(self) -> None:
-        """After caching, modules the step no longer needs leave training memory: moved to the CPU on a
-        GPU; on the CPU dropped altogether when no sample will need them (reloaded to save a model)."""
-        needed_for_step = set()
-        if self.latents.needs_vae:
-            needed_for_step.add("vae")
-        if self.cached_embeddings is None:
-            needed_for_step.update(self.family.text_encoder_names)
-        self.released: list[str] = []
-        for name in ("vae", *self.family.text_encoder_names):
-            if name in needed_for_step or name not in self.components:
-                continue
-            if self.device.type == "cuda":
-                self.components[name].to("cpu")
-            elif self.config.sample_every == 0:
-                setattr(self.base.pipeline, name, None)
-                del self.components[name]
-                if name == "vae":
-                    self.latents.vae = None
-            else:
-                continue
-            self.released.append(name)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    @contextmanager
-    def _sampling_modules(self):
-        moved = [n for n in getattr(self, "released", []) if n in self.components and self.device.type == "cuda"]
-        for name in moved:
-            self.components[name].to(self.device)
-        try:
-            yield
-        finally:
-            for name in moved:
-                self.components[name].to("cpu")
+        """After caching, the VAE and text encoders the step no longer needs leave training memory."""
+        unneeded = [] if self.latents.needs_vae else ["vae"]
+        if self.cached_embeddings is not None:
+            unneeded += self.family.text_encoder_names
+        self.released = placement.release(self.components, self.base.pipeline, unneeded, self.device,
+                                          keep_on_cpu=bool(self.config.sample_every))
+        if "vae" not in self.components:
+            self.latents.vae = None
 
     def _build_optimizer(self) -> None:
-        from diffusers.optimization import get_scheduler
-
         config = self.config
-        groups = self.method.parameter_groups()
-        if not groups:
-            raise ConfigError(f"method={config.method} left nothing to train; check lora_target_modules.")
-        decay = 0.0 if config.method == "textual_inversion" else config.weight_decay
-        for group in groups:
-            group.setdefault("weight_decay", decay)
-        if config.optimizer == "adamw8bit":
-            try:
-                import bitsandbytes as bnb
-            except ImportError as error:
-                raise ConfigError("optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes, or use optimizer=adamw.") from error
-            self.optimizer = bnb.optim.AdamW8bit(groups, lr=config.learning_rate)
-        else:
-            self.optimizer = adamw(groups, config.learning_rate)
-        self.lr_scheduler = get_scheduler(
-            config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps
-        )
+        self.optimizer = build_optimizer(config, self.method.parameter_groups())
+        self.lr_scheduler = build_lr_scheduler(config, self.optimizer)
         trainable = self.method.trainable_modules()
         names = list(trainable)
         prepared = self.accelerator.prepare(*trainable.values(), self.optimizer)
@@ -373,7 +273,7 @@ class Trainer:
         unet = self.components["unet"]
         was_training = unet.training
         unet.eval()
-        with self._sampling_modules(), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
+        with placement.brought_back(self.components, self.released, self.device), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
             paths = render_samples(
                 self.base.pipeline, self.sample_prompts, seed=config.seed, steps=config.sample_steps,
                 guidance=config.sample_guidance, resolution=config.resolution, directory=directory,
