@@ -13,9 +13,10 @@ trainer's own models and optimizer:
   too, since its gradient flows through it) — the floor any trainer pays;
 - the VAE encode and text-encoder forward a caches-off step adds;
 - in the caches-off run, the trainer's own optimizer step twice over, alternating: as the run has
-  it (caches off) and with the fast path's caches swapped in (``paired_steps``). Their difference,
+  it (caches off) and with the fast path's caches swapped in (``PairedCaching``). Their difference,
   measured side by side in one process, is what caching saves, without the drift between two
-  separate runs; ÷ the encoder forwards it is the *paired* "caching pays" ratio.
+  separate runs; ÷ the CPU time the encoder calls took inside those same caches-off steps it is the
+  *paired* "caching pays" ratio.
 
 Ratios use process CPU time (on tiny-sd with one torch thread), which other processes on a shared
 machine inflate far less than wall time; steps/s is wall time.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from typing import Any
 
 from benchmarks import common
@@ -115,8 +117,10 @@ def run_trainer(method: str, arch: str, fast: bool, work) -> dict[str, Any]:
                 state["peak"] = (common.peak_rss_gb(), common.gpu_peak_gb())
             elif (step - warmup) % every == 0:
                 if "windows" not in state:
-                    functions = {"bare": bare_step(trainer)} | (
-                        {} if fast else {"encoders": encoder_forwards(trainer), **paired_steps(trainer)})
+                    functions = {"bare": bare_step(trainer)} | ({} if fast else {"encoders": encoder_forwards(trainer)})
+                    if not fast:
+                        state["paired"] = PairedCaching(trainer)
+                        functions["paired"] = state["paired"].pair
                     state["windows"] = Windows(functions, warmup // 2, repeats)
                 state["windows"].probe(step)
 
@@ -140,40 +144,82 @@ def run_trainer(method: str, arch: str, fast: bool, work) -> dict[str, Any]:
     if not fast:
         figures["encoders_cpu_s"] = statistics.median(windows.times("encoders"))
         figures["encoders_per_bare"] = windows.ratio("encoders")
-        saved = [off - on for off, on in zip(windows.times("step_off"), windows.times("step_fast"), strict=True)]
-        figures["paired_saved_cpu_s"] = statistics.median(saved)
-        figures["paired_saved_per_encoders"] = statistics.median(
-            s / e for s, e in zip(saved, windows.times("encoders"), strict=True))
+        figures.update(state["paired"].figures(warmup // 2))
     return figures
 
 
-def paired_steps(trainer) -> dict:
-    """The trainer's own optimizer step as this caches-off run takes it, and with the fast path's
-    caches (latents encoded once, text embeddings encoded once) swapped in, on the same models."""
-    import torch
+class PairedCaching:
+    """The trainer's own optimizer step, taken alternately as this caches-off run takes it and with the
+    fast path's caches (latents and text embeddings encoded once) swapped in, on the same models.
 
-    from trainers.data import LatentSource
+    Each call of :meth:`pair` times one step of each kind (their order alternating from call to call)
+    and, inside the caches-off step, the CPU time its VAE encode and text-encoder forward take, so
+    "saved" and "what the encoders cost" come from the same steps."""
 
-    off = trainer.latents
-    cached = LatentSource(off.vae, off.images, cache=True, random_flip=off.random_flip, device=off.device, dtype=off.dtype)
-    embeddings = None
-    if not trainer.method.text_encoder_trains():
-        with torch.no_grad():
-            embeddings = trainer.family.encode_prompts(trainer.components, trainer.prompts, trainer.device)
-    variants = {"step_off": (off, None, {}), "step_fast": (cached, embeddings, {})}
+    def __init__(self, trainer):
+        import torch
 
-    def using(state: tuple):
-        def step() -> None:
-            saved = trainer.latents, trainer.cached_embeddings, trainer.step_inputs
-            trainer.latents, trainer.cached_embeddings, trainer.step_inputs = state
-            try:
-                trainer._optimizer_step(trainer.step)
-            finally:
-                trainer.latents, trainer.cached_embeddings, trainer.step_inputs = saved
+        from trainers.data import LatentSource
 
-        return step
+        self.trainer = trainer
+        off = trainer.latents
+        cached = LatentSource(off.vae, off.images, cache=True, random_flip=off.random_flip, device=off.device, dtype=off.dtype)
+        embeddings = None
+        if not trainer.method.text_encoder_trains():
+            with torch.no_grad():
+                embeddings = trainer.family.encode_prompts(trainer.components, trainer.prompts, trainer.device)
+        self.variants = {"off": (off, None, {}), "fast": (cached, embeddings, {})}
+        self.times: dict[str, list[float]] = {"off": [], "fast": [], "encoders": []}
+        self.calls = 0
+        self._timed_encoders(off, trainer.family)
 
-    return {name: using(state) for name, state in variants.items()}
+    def _timed_encoders(self, latents, family) -> None:
+        """Wrap the caches-off path's encoder calls (instance attributes shadow the methods) to add up their CPU time."""
+        spent = self.spent = [0.0]
+
+        def timed(function):
+            def wrapper(*args, **kwargs):
+                common.sync()
+                start = time.process_time()
+                out = function(*args, **kwargs)
+                common.sync()
+                spent[0] += time.process_time() - start
+                return out
+
+            return wrapper
+
+        latents._encode = timed(latents._encode)
+        if not self.trainer.method.text_encoder_trains():  # a training text encoder runs on both paths
+            family.encode = timed(family.encode)
+
+    def _step(self, variant: str) -> None:
+        trainer = self.trainer
+        saved = trainer.latents, trainer.cached_embeddings, trainer.step_inputs
+        trainer.latents, trainer.cached_embeddings, trainer.step_inputs = self.variants[variant]
+        self.spent[0] = 0.0
+        common.sync()
+        start = time.process_time()
+        try:
+            trainer._optimizer_step(trainer.step)
+            common.sync()
+        finally:
+            trainer.latents, trainer.cached_embeddings, trainer.step_inputs = saved
+        self.times[variant].append(time.process_time() - start)
+        if variant == "off":
+            self.times["encoders"].append(self.spent[0])
+
+    def pair(self) -> None:
+        self.calls += 1
+        for variant in (("off", "fast") if self.calls % 2 else ("fast", "off")):
+            self._step(variant)
+
+    def figures(self, warmup: int) -> dict[str, float]:
+        """Medians over the pairs after ``warmup`` calls."""
+        med = {k: statistics.median(v[warmup:]) for k, v in self.times.items()}
+        return {"paired_off_cpu_s": med["off"], "paired_fast_cpu_s": med["fast"], "paired_saved_cpu_s": med["off"] - med["fast"],
+                "paired_encoders_in_step_cpu_s": med["encoders"], "paired_pairs": len(self.times["off"]) - warmup,
+                "paired_saved_per_encoders": (med["off"] - med["fast"]) / med["encoders"],
+                "paired_times_cpu_s": {k: v[warmup:] for k, v in self.times.items()}}
 
 
 def bare_step(trainer):

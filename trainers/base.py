@@ -126,7 +126,8 @@ class Trainer:
             self.components["unet"].enable_gradient_checkpointing()
             if self.method.text_encoder_trains():
                 for encoder in self.family.text_encoders(self.components):
-                    encoder.gradient_checkpointing_enable()
+                    # transformers 5 renamed it; older releases only have the first name
+                    getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
 
     def _build_caches(self) -> None:
         config = self.config
