@@ -26,16 +26,11 @@ SD15_REF = "sd15-arch-random"
 SDXL_REF = "sdxl-arch-random"
 POOL_SIZE = 2**20
 
-SD15_UNET = {
-    "sample_size": 64,
+# What SD1.5's and SDXL's UNet configs share (the published config.json values).
+UNET_COMMON = {
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
-    "attention_head_dim": 8,
-    "cross_attention_dim": 768,
     "norm_num_groups": 32,
     "norm_eps": 1e-5,
     "act_fn": "silu",
@@ -43,6 +38,15 @@ SD15_UNET = {
     "flip_sin_to_cos": True,
     "freq_shift": 0,
     "mid_block_scale_factor": 1,
+}
+SD15_UNET = {
+    **UNET_COMMON,
+    "sample_size": 64,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "attention_head_dim": 8,
+    "cross_attention_dim": 768,
 }
 SD_VAE = {
     "in_channels": 3,
@@ -64,13 +68,11 @@ CLIP_L14_TEXT = {**CLIP_TOKENS, "hidden_size": 768, "intermediate_size": 3072, "
 # stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/ (same layout as SD's, its own scaling and
 # fp32 upcast), text_encoder/ (CLIP ViT-L/14's text tower) and text_encoder_2/ (OpenCLIP ViT-bigG/14's).
 SDXL_UNET = {
+    **UNET_COMMON,
     "sample_size": 128,
-    "in_channels": 4,
-    "out_channels": 4,
     "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     "block_out_channels": (320, 640, 1280),
-    "layers_per_block": 2,
     "attention_head_dim": (5, 10, 20),
     "transformer_layers_per_block": (1, 2, 10),
     "use_linear_projection": True,
@@ -79,13 +81,6 @@ SDXL_UNET = {
     "addition_embed_type_num_heads": 64,
     "addition_time_embed_dim": 256,
     "projection_class_embeddings_input_dim": 2816,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "act_fn": "silu",
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "mid_block_scale_factor": 1,
 }
 SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
 OPENCLIP_BIGG14_TEXT = {**CLIP_TOKENS, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
