@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -148,3 +149,26 @@ def test_single_file_base_trains_offline_with_base_config(tiny_dreambooth_export
     assert loaded.config.base_config == str(folder)
     assert type(personalised_pipeline(loaded)).__name__ == "StableDiffusionPipeline"
     assert base_pipeline(loaded).unet.config.sample_size == 8
+
+
+def test_frozen_weights_in_bf16_keep_trainable_tensors_in_fp32(sample_subject, tmp_path):
+    """frozen_weights_dtype=bf16 on SDXL: the UNet's base weights and the text encoders are held in bf16,
+    LoRA tensors stay fp32 (master weights), SDXL's VAE stays fp32 as its config asks; the run trains,
+    renders its samples and saves fp32 adapters."""
+    from trainers import METHODS
+    from trainers.base import Trainer, prepare_run_dir
+
+    config = tiny_config("lora", base="tiny-sdxl", frozen_weights_dtype="bf16", steps=2, batch_size=1, sample_every=2,
+                         sample_steps=2)
+    run = tmp_path / "run"
+    prepare_run_dir(config, sample_subject, run)
+    trainer = Trainer(METHODS["lora"], config, run)
+    trainer.run()
+    unet_dtypes = {("lora_" in name, p.dtype) for name, p in trainer.components["unet"].named_parameters()}
+    assert unet_dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    assert trainer.components["vae"].dtype == torch.float32
+    assert {encoder.dtype for encoder in trainer.family.text_encoders(trainer.components)} == {torch.bfloat16}
+    losses = [e["loss"] for e in read_events(run) if e["type"] == "step"]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert len(list((run / "samples").glob("step-*"))) == 2  # step 0 and step 2
+    assert {t.dtype for t in adapter_tensors(run, "lora").values()} == {torch.float32}
