@@ -21,6 +21,7 @@ from studio.adapters import AdapterError, AdapterSource, load_adapter, resolve_a
 from studio.errors import StudioError
 from studio.generation_images import load_init_image
 from studio.quiet import quiet_loaders
+from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, STEPS
 
 Progress = Callable[[int, int], None]
 
@@ -48,14 +49,14 @@ class AdapterRef:
 class GenerationRequest:
     prompt: str
     negative_prompt: str | None = None
-    guidance: float = 7.5
-    steps: int = 30
+    guidance: float = GUIDANCE
+    steps: int = STEPS
     seed: int | None = None  # None: a random seed, reported in the result
     num_images: int = 1
     width: int | None = None  # None: the model's native size (img2img: the init image's)
     height: int | None = None
     init_image: Any = None  # a path or PIL image switches to img2img (SDEdit)
-    strength: float = 0.6
+    strength: float = IMG2IMG_STRENGTH
 
 
 @dataclass

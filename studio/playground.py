@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import StudioError
+from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
 
 
 @dataclass
@@ -22,11 +23,11 @@ class Request:
 
     prompt: str
     negative_prompt: str = ""
-    guidance: float = 7.5
-    steps: int = 25
+    guidance: float = GUIDANCE
+    steps: int = PLAYGROUND_STEPS
     seed: int = 0
     init_image: Any = None
-    strength: float = 0.6
+    strength: float = IMG2IMG_STRENGTH
     compare_base: bool = True
 
 

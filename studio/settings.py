@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.sampling import GUIDANCE
+
 BASIC = "basic"
 ADVANCED = "advanced"
 
@@ -69,7 +71,7 @@ class TrainConfig:
     prior_loss_weight: float = setting(1.0, "Weight λ of the prior-preservation loss.", minimum=0.0, maximum=100.0, methods=("lora", "dreambooth"))
     class_prompt: str | None = setting(None, "Prompt for class images (empty: the subject's class prompt, e.g. 'a dog').", nullable=True, methods=("lora", "dreambooth"))
     class_image_steps: int = setting(25, "Sampling steps used to generate class images.", minimum=1, maximum=1000, methods=("lora", "dreambooth"))
-    class_image_guidance: float = setting(7.5, "Guidance scale used to generate class images.", minimum=0.0, maximum=50.0, methods=("lora", "dreambooth"))
+    class_image_guidance: float = setting(GUIDANCE, "Guidance scale used to generate class images.", minimum=0.0, maximum=50.0, methods=("lora", "dreambooth"))
     lora_rank: int = setting(4, "LoRA rank (dimension of the low-rank update).", group=BASIC, minimum=1, maximum=1024, methods=("lora",))
     lora_alpha: float = setting(4.0, "LoRA alpha; the update is scaled by alpha / rank.", minimum=0.0, maximum=4096.0, methods=("lora",))
     lora_target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get LoRA adapters (attention projections by default).", methods=("lora",))
@@ -90,7 +92,7 @@ class TrainConfig:
     sample_every: int = setting(200, "Render validation samples every N steps, and at step 0 (0: never).", minimum=0, maximum=1_000_000)
     sample_prompts: list[str] = setting([], "Validation prompts (empty: the instance prompt and a prompt in a new context).")
     sample_steps: int = setting(25, "Sampling steps for validation samples.", minimum=1, maximum=1000)
-    sample_guidance: float = setting(7.5, "Classifier-free guidance scale of validation samples.", minimum=0.0, maximum=50.0)
+    sample_guidance: float = setting(GUIDANCE, "Classifier-free guidance scale of validation samples.", minimum=0.0, maximum=50.0)
     log_every: int = setting(1, "Write a step event every N steps (loss is read from the device only then).", minimum=1, maximum=100_000)
     vae: str | None = setting(None, "VAE to use instead of the base model's (empty: its own): a VAE folder, .safetensors file or hub id. For SDXL in fp16 use madebyollin/sdxl-vae-fp16-fix (SDXL's own VAE overflows in fp16 and is kept in fp32).", nullable=True)
 

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from studio.errors import StudioError
-from studio.evaluation.defaults import DEFAULT_CLIP, DEFAULT_DINO
+from studio.evaluation.defaults import DEFAULT_CLIP, DEFAULT_DINO, GENERATION_BATCH_SIZE, IMAGES_PER_PROMPT
+from studio.sampling import GUIDANCE, STEPS
 
 
 def register(subparsers: Any) -> None:
@@ -31,16 +32,18 @@ def register(subparsers: Any) -> None:
         help="with RUN: dreambench (default; live or object list by class), dreambench-live, dreambench-objects, "
         "or a file of templates ({0}=identifier, {1}=class noun); with --images: a JSON file mapping image names to prompts",
     )
-    parser.add_argument("--images-per-prompt", type=int, default=4, metavar="K", help="images per prompt (default 4)")
+    parser.add_argument("--images-per-prompt", type=int, default=IMAGES_PER_PROMPT, metavar="K",
+                        help=f"images per prompt (default {IMAGES_PER_PROMPT})")
     parser.add_argument("--max-prompts", type=int, metavar="N", help="use only the first N prompts (quicker, less exact)")
     parser.add_argument("--class-images", type=int, metavar="N", help="class-prompt images for PRES (default 2*K)")
     parser.add_argument("--clip", default=DEFAULT_CLIP, metavar="REF", help=f"CLIP backbone: hub id, folder or tiny-clip (default {DEFAULT_CLIP})")
     parser.add_argument("--dino", default=DEFAULT_DINO, metavar="REF", help=f"DINO backbone: hub id, folder or tiny-dino (default {DEFAULT_DINO})")
     parser.add_argument("--seed", type=int, default=0, help="first seed; image k of every prompt uses seed+k (default 0)")
-    parser.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"sampling steps (default {STEPS})")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help=f"classifier-free guidance scale (default {GUIDANCE})")
     parser.add_argument("--negative-prompt", help="negative prompt for every image")
-    parser.add_argument("--batch-size", type=int, default=4, help="images generated per batch (default 4)")
+    parser.add_argument("--batch-size", type=int, default=GENERATION_BATCH_SIZE,
+                        help=f"images generated per batch (default {GENERATION_BATCH_SIZE})")
     parser.add_argument("--no-base", action="store_true", help="skip generating with the untrained base model")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow backbones with only pickle .bin weights")

@@ -6,6 +6,7 @@ import argparse
 
 from studio.generate import AdapterRef, GenerationRequest, Generator, infer_base
 from studio.generation_images import output_paths, save_image
+from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, STEPS
 
 
 def register(subparsers) -> None:
@@ -22,15 +23,15 @@ def register(subparsers) -> None:
                         help="A LoRA or embedding; repeat to compose several (LoRA weight default 1).")
     parser.add_argument("--prompt", "-p", required=True, help="What to generate (use the subject's token).")
     parser.add_argument("--negative", default=None, help="Negative prompt.")
-    parser.add_argument("--guidance", type=float, default=7.5, help="Classifier-free guidance scale (default 7.5).")
-    parser.add_argument("--steps", type=int, default=30, help="Denoising steps (default 30).")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help=f"Classifier-free guidance scale (default {GUIDANCE}).")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"Denoising steps (default {STEPS}).")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the first image (image i uses seed+i).")
     parser.add_argument("--num-images", "-n", type=int, default=1, help="How many images (default 1).")
     parser.add_argument("--width", type=int, default=None, help="Width in pixels (default: the model's).")
     parser.add_argument("--height", type=int, default=None, help="Height in pixels (default: the model's).")
     parser.add_argument("--init-image", default=None, help="Start from this image (img2img / SDEdit).")
-    parser.add_argument("--strength", type=float, default=0.6,
-                        help="img2img: how much to change the init image, 0-1 (default 0.6).")
+    parser.add_argument("--strength", type=float, default=IMG2IMG_STRENGTH,
+                        help=f"img2img: how much to change the init image, 0-1 (default {IMG2IMG_STRENGTH}).")
     parser.add_argument("--out", "-o", required=True, help="An image file (.png/.jpg/.webp) or a folder.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     parser.set_defaults(func=run_generate)

@@ -10,19 +10,21 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from studio.evaluation.defaults import GENERATION_BATCH_SIZE
 from studio.images import to_rgb
+from studio.sampling import GUIDANCE, STEPS
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """Sampler settings shared by every image of an evaluation (personalised, base and class)."""
 
-    steps: int = 30
-    guidance: float = 7.5
+    steps: int = STEPS
+    guidance: float = GUIDANCE
     negative_prompt: str | None = None
     height: int = 512
     width: int = 512
-    batch_size: int = 4
+    batch_size: int = GENERATION_BATCH_SIZE
 
 
 @dataclass(frozen=True)

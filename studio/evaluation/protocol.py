@@ -20,6 +20,7 @@ import torch
 from studio.atomic import atomic_dir, write_json
 from studio.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_backbone
 from studio.evaluation.contact_sheet import SheetRow, write_contact_sheet
+from studio.evaluation.defaults import GENERATION_BATCH_SIZE, IMAGES_PER_PROMPT
 from studio.evaluation.embed_cache import reference_embeddings
 from studio.evaluation.embedding import Embedder, Embeddings
 from studio.evaluation.errors import EvaluationError
@@ -27,6 +28,7 @@ from studio.evaluation.generation import GenerationSettings, ImageRequest, gener
 from studio.evaluation.prompts import EvalPrompt, build_prompts, is_live, resolve_templates
 from studio.evaluation.report import new_report
 from studio.evaluation.scoring import per_group_scores, score_embeddings
+from studio.sampling import GUIDANCE, STEPS
 
 EVAL_DIR = "eval"
 REPORT_FILE = "report.json"
@@ -116,16 +118,16 @@ def evaluate_run(
     run_dir: str | os.PathLike,
     *,
     prompts: str | os.PathLike | Sequence[str] = "dreambench",
-    images_per_prompt: int = 4,
+    images_per_prompt: int = IMAGES_PER_PROMPT,
     class_images: int | None = None,
     max_prompts: int | None = None,
     clip: str = DEFAULT_CLIP,
     dino: str = DEFAULT_DINO,
     seed: int = 0,
-    steps: int = 30,
-    guidance: float = 7.5,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
     negative_prompt: str | None = None,
-    batch_size: int = 4,
+    batch_size: int = GENERATION_BATCH_SIZE,
     base: bool = True,
     device: str | None = None,
     allow_pickle: bool = False,

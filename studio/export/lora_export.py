@@ -21,6 +21,7 @@ from studio.export.verify import (
     image_difference,
     render,
 )
+from studio.sampling import GUIDANCE, STEPS
 
 ADAPTER = "verify"
 LORA_FORMATS = ("diffusers", "kohya", "peft")
@@ -115,7 +116,7 @@ def lora_usage(ctx: ExportContext, formats: list[str], where: str, kohya_stem: s
             f"**diffusers**:\n\n```python\nfrom diffusers import {pipeline_class}\n\n"
             f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n"
             f"pipe.load_lora_weights(\"DIR\"{subfolder}, weight_name=\"{LORA_WEIGHTS_FILE}\")\n"
-            f"image = pipe(\"{prompt}\", num_inference_steps=30, guidance_scale=7.5).images[0]\n```"
+            f"image = pipe(\"{prompt}\", num_inference_steps={STEPS}, guidance_scale={GUIDANCE}).images[0]\n```"
         )
     if "kohya" in formats:
         stem = kohya_stem or ctx.stem

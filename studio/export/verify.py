@@ -23,6 +23,7 @@ import torch
 
 from studio.errors import StudioError
 from studio.export.lora_weights import LoraWeights, module_key
+from studio.sampling import GUIDANCE
 
 IMAGE_TOLERANCE = 1e-3
 VERIFY_STEPS = 3
@@ -40,7 +41,7 @@ class RenderSpec:
     height: int
     width: int
     steps: int = VERIFY_STEPS
-    guidance: float = 7.5
+    guidance: float = GUIDANCE
     seed: int = VERIFY_SEED
 
 

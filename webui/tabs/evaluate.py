@@ -13,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.errors import StudioError
+from studio.evaluation.defaults import IMAGES_PER_PROMPT
 from studio.jobs import jobs_of_run, submit_eval
 from studio.jobs.catalog import backbone_choices
 from studio.jobs.reports import (
@@ -23,6 +24,7 @@ from studio.jobs.reports import (
     contact_sheet,
     read_report,
 )
+from studio.sampling import STEPS
 from webui.context import Context
 
 SCORE_COLUMNS = ["model", "role", *[METRIC_LABELS[m] for m in METRICS]]
@@ -61,10 +63,10 @@ def build(ctx: Context) -> EvaluateTab:
                                elem_id="eval-clip", info="tiny-clip works offline but only proves the pipeline.")
             dino = gr.Dropdown(dino_choices, value=dino_default, allow_custom_value=True, label="DINO backbone",
                                elem_id="eval-dino")
-            images_per_prompt = gr.Number(4, precision=0, minimum=1, maximum=64, label="Images per prompt",
+            images_per_prompt = gr.Number(IMAGES_PER_PROMPT, precision=0, minimum=1, maximum=64, label="Images per prompt",
                                           elem_id="eval-images-per-prompt")
             max_prompts = gr.Number(0, precision=0, minimum=0, label="Prompts (0: all)", elem_id="eval-max-prompts")
-            steps = gr.Number(30, precision=0, minimum=1, maximum=1000, label="Sampling steps", elem_id="eval-steps")
+            steps = gr.Number(STEPS, precision=0, minimum=1, maximum=1000, label="Sampling steps", elem_id="eval-steps")
     status = gr.Markdown(elem_id="eval-status")
     scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label="Scores (raw cosine, 0-1)")
     # One small chart per metric: Gradio's bar plot stacks bars of one x value, and stacked

@@ -10,6 +10,7 @@ import gradio as gr
 
 from studio.errors import StudioError
 from studio.playground import Request
+from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
 from webui.context import Context
 
 
@@ -36,14 +37,14 @@ def build(ctx: Context) -> GenerateTab:
     prompt = gr.Textbox("", label="Prompt", elem_id="gen-prompt", info="Use the run's identifier, e.g. 'a sks dog on a beach'.")
     negative = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
     with gr.Row():
-        guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
-        steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="gen-steps")
+        guidance = gr.Slider(0, 20, value=GUIDANCE, step=0.5, label="Guidance", elem_id="gen-guidance")
+        steps = gr.Slider(1, 100, value=PLAYGROUND_STEPS, step=1, label="Steps", elem_id="gen-steps")
         seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="gen-seed")
         compare = gr.Checkbox(True, label="Also the base model", elem_id="gen-compare")
     with gr.Accordion("Image to image", open=False):
         with gr.Row():
             init = gr.Image(label="Start from this image", type="filepath", sources=["upload"], elem_id="gen-init")
-            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength", elem_id="gen-strength",
+            strength = gr.Slider(0.05, 1.0, value=IMG2IMG_STRENGTH, step=0.05, label="Strength", elem_id="gen-strength",
                                  info="How far from the start image to go (1: ignore it).")
     start = gr.Button("Generate", variant="primary", elem_id="gen-start")
     with gr.Row():
