@@ -63,6 +63,8 @@ MODES = [
     # SDXL without checkpointing is opt-in: 3 more minutes would take run_all past its 15-minute budget.
     Mode("sdxl-lora-r4-bf16", "SDXL LoRA r=4, frozen weights bf16",
          {"method": "lora", "lora_rank": 4, "lora_alpha": 4, "frozen_weights_dtype": "bf16"}, SDXL, (True,), (False,)),
+    Mode("sdxl-ti-bf16", "SDXL textual inversion, frozen UNet bf16",
+         {"method": "textual_inversion", "num_vectors": 1, "frozen_weights_dtype": "bf16"}, SDXL, (), (True,)),
 ]
 CONFIGS = {f"{m.name}{'-gc' if gc else ''}": (m, gc) for m in MODES for gc in (*m.checkpointing, *m.opt_in)}
 DEFAULT_CONFIGS = [f"{m.name}{'-gc' if gc else ''}" for m in MODES for gc in m.checkpointing]
