@@ -81,7 +81,7 @@ def _dtypes(config) -> dict[str, Any]:
     return {
         "unet_dtype": torch.float32 if config.method == "dreambooth" else frozen,
         "vae_dtype": frozen,
-        "text_encoder_dtype": torch.float32 if config.method == "textual_inversion" else frozen,
+        "text_encoder_dtype": frozen,  # textual inversion trains separate new rows only
     }
 
 

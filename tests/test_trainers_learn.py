@@ -92,6 +92,9 @@ def test_textual_inversion_changes_only_its_rows(trained):
     assert torch.equal(learned[:vocab], original), "an existing vocabulary row changed"
     new_rows = learned[vocab:]
     assert new_rows.shape[0] == 2
+    trainable = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    # only the new rows carry gradients and optimizer state, not the 49,408-row vocabulary
+    assert [tuple(p.shape) for p in trainable] == [(2, encoder.config.hidden_size)]
     for name, tensor in base.text_encoder.state_dict().items():
         if "token_embedding" not in name:
             assert torch.equal(encoder.state_dict()[name].cpu(), tensor), name

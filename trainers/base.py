@@ -233,7 +233,6 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.method.after_optimizer_step()
         return total
 
     # ------------------------------------------------------------------ checkpoints, samples

@@ -70,10 +70,7 @@ class Method(ABC):
         """A prompt as a user types it into a pipeline (TI's multi-vector token expands there)."""
         return prompt_with_identifier
 
-    # --- hooks ---------------------------------------------------------------------------------
-    def after_optimizer_step(self) -> None:  # noqa: B027 - optional hook
-        """Called after every optimizer step (TI restores frozen embedding rows here)."""
-
+    # --- checkpoints ---------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Trainable tensors by qualified name, for checkpoints."""
         state = {}

@@ -1,7 +1,11 @@
 """Textual inversion: new placeholder token(s) whose embedding rows are the only thing that changes.
 
-Every other row of every embedding matrix is restored bitwise after each optimizer step, so the rest
-of the vocabulary provably stays as it was.
+Each text encoder's token embedding is wrapped (:class:`EmbeddingWithNewRows`): the vocabulary's
+matrix stays a frozen parameter and the new rows are a separate, small trainable tensor. The rest of
+the vocabulary cannot change, and neither a gradient nor optimizer state exists for it (for SDXL's
+two encoders that is 101 M values: 1.2 GB of gradient and Adam moments, plus the 0.4 GB copy a
+restore-after-each-step scheme keeps). The frozen parts of the encoders may then be held in reduced
+precision like any frozen weight.
 """
 
 from __future__ import annotations
@@ -18,9 +22,33 @@ from trainers.method import Method
 EMBEDDINGS_FILE = "learned_embeds.safetensors"
 
 
+class EmbeddingWithNewRows(torch.nn.Module):
+    """A token embedding extended by trainable rows for new tokens (ids from ``vocabulary`` on)."""
+
+    def __init__(self, vocabulary: torch.nn.Embedding, new_rows: torch.Tensor):
+        super().__init__()
+        self.vocabulary = vocabulary.requires_grad_(False)
+        self.vocabulary_size = vocabulary.num_embeddings
+        self.new_rows = torch.nn.Parameter(new_rows.detach().clone().float())
+        self.num_embeddings = self.vocabulary_size + new_rows.shape[0]
+        self.embedding_dim = vocabulary.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole matrix, vocabulary then new rows (what a resized embedding would hold); a copy."""
+        matrix = self.vocabulary.weight
+        return torch.cat([matrix, self.new_rows.to(matrix.dtype)])
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        known = self.vocabulary(input_ids.clamp(max=self.vocabulary_size - 1))
+        new = torch.nn.functional.embedding((input_ids - self.vocabulary_size).clamp(min=0), self.new_rows)
+        return torch.where((input_ids >= self.vocabulary_size).unsqueeze(-1), new.to(known.dtype), known)
+
+
 class TextualInversionMethod(Method):
     name = "textual_inversion"
     artifact = "adapter"
+    reduced_frozen_params_ok = True  # only the new rows train; the encoders' other weights are frozen
 
     @property
     def placeholder_tokens(self) -> list[str]:
@@ -48,28 +76,24 @@ class TextualInversionMethod(Method):
                 module.requires_grad_(False)
         initializer = self.config.initializer_token or self.subject.class_noun
         self.token_ids: dict[str, list[int]] = {}
-        self.original_rows: dict[str, torch.Tensor] = {}
-        self._row_index: dict[str, torch.Tensor] = {}
         for tokenizer_name, encoder_name in zip(self.family.tokenizer_names, self.family.text_encoder_names, strict=True):
             tokenizer, encoder = self.components[tokenizer_name], self.components[encoder_name]
             init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
             if not init_ids:
                 raise ConfigError(f"initializer_token '{initializer}' tokenizes to nothing; choose a word such as the class noun.")
+            vocabulary = encoder.get_input_embeddings()
             added = tokenizer.add_tokens(self.placeholder_tokens)
             if added != len(self.placeholder_tokens):
                 raise ConfigError(
                     f"The tokenizer already knows one of {self.placeholder_tokens}; choose another identifier."
                 )
-            encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             ids = tokenizer.convert_tokens_to_ids(self.placeholder_tokens)
-            weight = encoder.get_input_embeddings().weight
+            if ids != list(range(vocabulary.num_embeddings, vocabulary.num_embeddings + len(ids))):
+                raise ConfigError(f"The tokenizer of {encoder_name} is larger than its embedding matrix; is the base model complete?")
             with torch.no_grad():
-                start = weight[init_ids].mean(dim=0)
-                for token_id in ids:
-                    weight[token_id] = start
-            weight.requires_grad_(True)
+                start = vocabulary.weight[init_ids].float().mean(dim=0)
+            encoder.set_input_embeddings(EmbeddingWithNewRows(vocabulary, start.expand(len(ids), -1)))
             self.token_ids[encoder_name] = ids
-            self.original_rows[encoder_name] = weight.detach().clone()
 
     def text_encoder_trains(self) -> bool:
         return True
@@ -77,28 +101,9 @@ class TextualInversionMethod(Method):
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {name: self.components[name] for name in self.family.text_encoder_names}
 
-    def after_optimizer_step(self) -> None:
-        """Copy the original matrix back and re-insert the learned rows: no boolean indexing (a host
-        sync) and no per-step copy of the whole matrix from the CPU (152 MB for SD1.5 on a GPU)."""
-        with torch.no_grad():
-            for name, ids in self.token_ids.items():
-                weight = self.components[name].get_input_embeddings().weight
-                original = self.original_rows[name]
-                if original.device != weight.device or original.dtype != weight.dtype:
-                    original = self.original_rows[name] = original.to(weight.device, weight.dtype)  # once; one copy kept
-                index = self._row_index.get(name)
-                if index is None or index.device != weight.device:
-                    index = self._row_index[name] = torch.tensor(ids, device=weight.device)
-                learned = weight.index_select(0, index)
-                weight.copy_(original)
-                weight.index_copy_(0, index, learned)
-
     def learned_embeddings(self) -> dict[str, torch.Tensor]:
         """Per text encoder, the [num_vectors, dim] learned rows."""
-        return {
-            name: self.components[name].get_input_embeddings().weight[ids].detach().float().cpu()
-            for name, ids in self.token_ids.items()
-        }
+        return {name: self.components[name].get_input_embeddings().new_rows.detach().float().cpu() for name in self.token_ids}
 
     def save_result(self, directory: Path) -> dict[str, Any]:
         from studio.atomic import save_safetensors
