@@ -41,10 +41,9 @@ def floor_of(trainer) -> dict[str, Any]:
     trainable = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     grads = sum(p.numel() * p.element_size() for p in trainable)
     state = optimizer_state_bytes(trainable, trainer.config.optimizer)
-    extra = 0  # room for state a method keeps beside its parameters (none does today)
     return {
         "weights": sum(weights.values()), "weights_by_module": weights, "trainable_params": sum(p.numel() for p in trainable),
-        "grads": grads, "optimizer_state": state, "extra": extra, "total": sum(weights.values()) + grads + state + extra,
+        "grads": grads, "optimizer_state": state, "total": sum(weights.values()) + grads + state,
     }
 
 

@@ -75,25 +75,25 @@ def tiny_dreambooth_run(sample_subject, tmp_path_factory) -> Path:
 
 
 # Exports of those runs in every format (each verified by reloading as it is written).
-@pytest.fixture(scope="session")
-def tiny_lora_export(tiny_lora_run, tmp_path_factory):
+def _export_all(run: Path, tmp_path_factory, name: str, **options):
     from studio.export import export_run
 
-    return export_run(tiny_lora_run, "all", tmp_path_factory.mktemp("exports") / "lora")
+    return export_run(run, "all", tmp_path_factory.mktemp("exports") / name, **options)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_export(tiny_lora_run, tmp_path_factory):
+    return _export_all(tiny_lora_run, tmp_path_factory, "lora")
 
 
 @pytest.fixture(scope="session")
 def tiny_ti_export(tiny_ti_run, tmp_path_factory):
-    from studio.export import export_run
-
-    return export_run(tiny_ti_run, "all", tmp_path_factory.mktemp("exports") / "ti")
+    return _export_all(tiny_ti_run, tmp_path_factory, "ti")
 
 
 @pytest.fixture(scope="session")
 def tiny_dreambooth_export(tiny_dreambooth_run, tmp_path_factory):
-    from studio.export import export_run
-
-    return export_run(tiny_dreambooth_run, "all", tmp_path_factory.mktemp("exports") / "dreambooth", rank=4)
+    return _export_all(tiny_dreambooth_run, tmp_path_factory, "dreambooth", rank=4)
 
 
 # The same for the built-in tiny-sdxl (two text encoders, SGM names in kohya and single-file exports).
@@ -120,20 +120,14 @@ def tiny_sdxl_dreambooth_run(sample_subject, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_lora_export(tiny_sdxl_lora_run, tmp_path_factory):
-    from studio.export import export_run
-
-    return export_run(tiny_sdxl_lora_run, "all", tmp_path_factory.mktemp("exports") / "sdxl-lora")
+    return _export_all(tiny_sdxl_lora_run, tmp_path_factory, "sdxl-lora")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_ti_export(tiny_sdxl_ti_run, tmp_path_factory):
-    from studio.export import export_run
-
-    return export_run(tiny_sdxl_ti_run, "all", tmp_path_factory.mktemp("exports") / "sdxl-ti")
+    return _export_all(tiny_sdxl_ti_run, tmp_path_factory, "sdxl-ti")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_dreambooth_export(tiny_sdxl_dreambooth_run, tmp_path_factory):
-    from studio.export import export_run
-
-    return export_run(tiny_sdxl_dreambooth_run, "all", tmp_path_factory.mktemp("exports") / "sdxl-dreambooth", rank=4)
+    return _export_all(tiny_sdxl_dreambooth_run, tmp_path_factory, "sdxl-dreambooth", rank=4)
