@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 DEFAULT_BASE = "tiny-sd"
-# Offered only if studio.export cannot be imported (jobs then fail with the import error).
 
 
 def _hub_cache() -> Path:
