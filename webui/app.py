@@ -28,6 +28,7 @@ CSS = """
 .subject-messages td, .subject-messages th { padding: 2px 8px; text-align: left; }
 .msg-error { color: #c9302c; }
 .msg-warning { color: #b8860b; }
+#environment-problems { border: 2px solid #c9302c; border-radius: 6px; padding: 4px 12px; }
 """
 
 
@@ -35,6 +36,7 @@ def build_app(ctx: Context) -> gr.Blocks:
     """All tabs, wired together (a new subject appears in Train; a started job opens in Jobs)."""
     with gr.Blocks(title="Studio", analytics_enabled=False) as app:
         gr.Markdown("# Studio\nPersonalise a text-to-image model: subject → train → evaluate → export → generate.")
+        environment = gr.Markdown(elem_id="environment-problems", visible=False)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Subject", id="subject", elem_id="tab-subject"):
                 subject_tab = subject.build(ctx)
@@ -71,7 +73,16 @@ def build_app(ctx: Context) -> gr.Blocks:
         )
         train_tab.job_id.change(show_job, train_tab.job_id, [tabs, jobs_tab.select], api_name=False)
         app.load(on_page_load, None, [train_tab.subject, evaluate_tab.run, export_tab.run], api_name=False)
+        app.load(_environment_banner, None, environment, api_name=False)
     return app
+
+
+def _environment_banner():
+    """The environment check's findings on the first page (the CLI stops with the same lines)."""
+    from studio.environment.check import blocking_findings, browser_message
+
+    message = browser_message(blocking_findings())
+    return gr.update(value=message, visible=bool(message))
 
 
 def _created_name(ctx: Context, name: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from studio.environment.check import require_working_environment
 from studio.errors import StudioError
 
 # Subcommand modules, in the order a person works. Each defines register(subparsers).
@@ -20,6 +21,7 @@ COMMAND_MODULES = [
     "studio.cli.generate_cmd",
     "studio.cli.jobs_cmd",
     "studio.cli.webui_cmd",
+    "studio.cli.doctor_cmd",
 ]
 
 
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if not getattr(args, "skip_environment_check", False):
+            require_working_environment()  # cheap: package metadata only, before any work
         result = args.func(args)
     except StudioError as error:
         print(f"error: {error}", file=sys.stderr)

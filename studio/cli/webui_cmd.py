@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--auth", metavar="USER:PASS", help="require this user name and password")
     parser.add_argument("--data-dir", metavar="DIR", help="studio data directory (default $STUDIO_DATA_DIR or ~/.cache/studio)")
     parser.add_argument("--no-dispatch", action="store_true", help="do not start queued jobs from this process")
-    parser.set_defaults(func=run)
+    # The UI starts even in a broken environment and shows the check's findings on its first page.
+    parser.set_defaults(func=run, skip_environment_check=True)
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from studio.environment.check import require_working_environment
 from studio.errors import StudioError
 from studio.jobs.db import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobStore
 
@@ -98,6 +99,7 @@ def execute(store: JobStore, job_id: int) -> int:
 
         signal.signal(signal.SIGTERM, stop)
     try:
+        require_working_environment()  # the same check and message as the CLI's, before any work
         RUNNERS[job.kind](job)
     except (KeyboardInterrupt, _Stop) as error:
         return _record(store, job, CANCELLED, "cancelled by the user", EXIT_CANCELLED, error)
