@@ -160,11 +160,11 @@ def load_adapter(pipe, source: AdapterSource, adapter_name: str, *, token: str |
 def _load_lora(pipe, source: AdapterSource, adapter_name: str) -> None:
     if source.format == "peft":
         from studio.export.lora_peft import read_peft_folders
-        from studio.export.lora_weights import diffusers_state_dict
+        from studio.export.lora_weights import diffusers_lora_state
+        from studio.families import family_for
 
         # peft's A/B per component, keyed as a diffusers LoRA state dict (scale folded into B)
-        states = diffusers_state_dict(read_peft_folders(source.path))
-        state = {f"{component}.{key}": value for component, part in states.items() for key, value in part.items()}
+        state = diffusers_lora_state(read_peft_folders(source.path), family_for(pipe))
         pipe.load_lora_weights(state, adapter_name=adapter_name)
     else:
         pipe.load_lora_weights(str(source.path), adapter_name=adapter_name, use_safetensors=True)

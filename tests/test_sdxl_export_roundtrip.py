@@ -136,19 +136,19 @@ def test_sdxl_dreambooth_exports_folder_sgm_single_file_and_svd_lora(tiny_sdxl_d
 
 def test_sdxl_kohya_block_off_by_one_fails_verification(tiny_sdxl_lora_run, tmp_path, monkeypatch):
     """Two same-shaped SGM blocks swapped still load, into the wrong layers: caught before anything is written."""
-    import studio.export.lora_kohya as lora_kohya
     from studio.export import ExportVerificationError, export_run
+    from studio.families.sdxl import StableDiffusionXLFamily
 
-    real = lora_kohya.kohya_lora_name
+    real = StableDiffusionXLFamily.kohya_lora_name
     swap = {"lora_unet_output_blocks_0_1_": "lora_unet_output_blocks_1_1_",
             "lora_unet_output_blocks_1_1_": "lora_unet_output_blocks_0_1_"}
 
-    def swapped(component, path, unet_config):
-        name = real(component, path, unet_config)
+    def swapped(self, component, path, unet_config=None):
+        name = real(self, component, path, unet_config)
         old = next((old for old in swap if name.startswith(old)), None)
         return swap[old] + name[len(old):] if old else name
 
-    monkeypatch.setattr(lora_kohya, "kohya_lora_name", swapped)
+    monkeypatch.setattr(StableDiffusionXLFamily, "kohya_lora_name", swapped)
     with pytest.raises(ExportVerificationError, match="different factors"):
         export_run(tiny_sdxl_lora_run, "kohya", tmp_path / "broken")
     assert not any(tmp_path.iterdir())

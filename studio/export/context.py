@@ -27,6 +27,7 @@ class ExportContext:
     usage: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     _reference_pipe: Any = None
+    _layout: Any = None
     _reference_image: np.ndarray | None = None
 
     @property
@@ -72,6 +73,14 @@ class ExportContext:
         from studio.models import load_configured_base
 
         return load_configured_base(self.run.config).pipeline
+
+    def layout(self):
+        """The base model's LoRA-adaptable layers, which other tools' key rules are checked against."""
+        if self._layout is None:
+            from studio.export.consumers import layout_of
+
+            self._layout = layout_of(self.fresh_base().components, self.family)
+        return self._layout
 
     def record(self, path: Path, fmt: str, consumer: str, check: str, **details: Any) -> None:
         relative = path.relative_to(self.out).as_posix()

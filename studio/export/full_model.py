@@ -16,6 +16,7 @@ from studio.atomic import save_safetensors
 from studio.errors import StudioError
 from studio.export.context import ExportContext
 from studio.export.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
+from studio.export.portable_folder import make_portable
 from studio.export.sdxl_names import sdxl_single_file_state
 from studio.export.verify import IMAGE_TOLERANCE, check_image, check_same_weights, image_difference, render
 
@@ -27,6 +28,7 @@ def export_dreambooth_run(ctx: ExportContext, formats: list[str], rank: int) -> 
     ctx.usage += _usage(ctx, formats)
     if "diffusers" in formats:
         shutil.copytree(model_dir, ctx.out, dirs_exist_ok=True)
+        make_portable(ctx.out, ctx.family)
         _verify_folder(ctx, ctx.out)
     if "single-file" in formats:
         _verify_single_file(ctx, write_single_file(ctx.reference_pipeline(), ctx.out / f"{ctx.stem}.safetensors",
@@ -105,16 +107,34 @@ def _export_svd(ctx: ExportContext, rank: int) -> None:
     ctx.extra["svd"] = extraction.summary()
     ctx.extra["base_image_difference"] = image_difference(render(base, ctx.spec), ctx.reference_image())
     del base
-    export_extracted_lora(ctx, extraction.weights, ctx.out / "lora")
+    export_extracted_lora(ctx, extraction.weights, ctx.out / "lora", extraction.module_norm2, extraction.delta_norm2)
     summary = ctx.extra["svd"]
     gaps = ctx.extra.get("svd_image_difference", {})
+    summary["consumers"] = _svd_consumers(ctx)
     ctx.notes.append(
         f"The LoRA in `lora/` is an SVD extraction of the fine-tune (rank {rank}, {summary['modules']} layers). "
         f"It holds {summary['captured_fraction']:.1%} of the squared weight change "
         f"(biases, norms and embeddings cannot be a LoRA: {summary['not_adaptable_fraction']:.1%}). "
         f"Max pixel difference to the DreamBooth model at the verification seed: {gaps.get('diffusers', float('nan')):.3f} "
         f"(the untouched base model: {ctx.extra['base_image_difference']:.3f}); a higher --rank narrows it."
+        f" What no file holds is {summary['left_out_relative_norm']:.1%} of the change (relative Frobenius norm)."
     )
+    for where, verdicts in summary["consumers"].items():
+        for consumer, verdict in verdicts.items():
+            if verdict["loads"] != "all":
+                ctx.notes.append(
+                    f"{consumer} loads {verdict['modules_loaded']} of the {verdict['modules_in_file']} layers of "
+                    f"`{where}` ({verdict['loads']}); the {len(verdict.get('left_out', []))} it leaves out are "
+                    f"{verdict.get('left_out_relative_norm', 0.0):.2%} of the change (relative Frobenius norm)."
+                )
+
+
+def _svd_consumers(ctx: ExportContext) -> dict[str, dict]:
+    """Per SVD file: the verdicts of the consumers its layout is written for (as recorded)."""
+    from studio.export.lora_export import CONSUMERS
+
+    return {entry["path"]: {name: entry["consumers"][name] for name in CONSUMERS[entry["layout"]]}
+            for entry in ctx.files if entry["path"].startswith("lora/") and "consumers" in entry}
 
 
 def _usage(ctx: ExportContext, formats: list[str]) -> list[str]:

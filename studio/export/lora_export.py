@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Any
 
+from studio.export.consumers import PROOF_OWN_CODE, consumer_report, match_all
 from studio.export.context import ExportContext
 from studio.export.lora_kohya import save_kohya_lora
 from studio.export.lora_peft import save_peft_folders
@@ -16,6 +17,7 @@ from studio.export.lora_weights import (
 )
 from studio.export.verify import (
     IMAGE_TOLERANCE,
+    ExportVerificationError,
     check_image,
     check_lora_loaded,
     image_difference,
@@ -25,6 +27,13 @@ from studio.sampling import GUIDANCE, STEPS
 
 ADAPTER = "verify"
 LORA_FORMATS = ("diffusers", "kohya", "peft")
+DIFFUSERS = "diffusers"
+# The consumers each LoRA layout is written for; export fails if one of them would not load a run's
+# LoRA completely at its trained strength (an SVD extraction reports what each leaves out instead).
+CONSUMERS = {
+    "diffusers": (DIFFUSERS,),
+    "kohya": ("A1111", "Forge", "ComfyUI", "kohya sd-scripts", DIFFUSERS),
+}
 
 
 def export_lora_run(ctx: ExportContext, formats: list[str]) -> None:
@@ -32,8 +41,9 @@ def export_lora_run(ctx: ExportContext, formats: list[str]) -> None:
     weights = read_diffusers_lora(source)
     ctx.extra["lora_modules"] = len(weights.modules)
     if "diffusers" in formats:
-        target = ctx.out / LORA_WEIGHTS_FILE
-        shutil.copyfile(source, target)  # the run's own file, written by diffusers' save_lora_weights
+        # Rewritten, not copied: the run's file holds the installed transformers' text-encoder names
+        # and alpha only in metadata (see lora_weights.diffusers_lora_state).
+        target = save_diffusers_lora_weights(weights, ctx.out, ctx.family)
         _verify_lora_file(ctx, target, weights, "diffusers")
     if "kohya" in formats:
         target = save_kohya_lora(weights, ctx.out / f"{ctx.stem}.safetensors", ctx.family, kohya_info(ctx),
@@ -45,15 +55,16 @@ def export_lora_run(ctx: ExportContext, formats: list[str]) -> None:
     ctx.usage += lora_usage(ctx, formats, ".")
 
 
-def export_extracted_lora(ctx: ExportContext, weights: LoraWeights, directory: Path) -> None:
-    """The SVD LoRA of a DreamBooth run in diffusers + kohya layout; its image gap is reported, not failed."""
+def export_extracted_lora(ctx: ExportContext, weights: LoraWeights, directory: Path,
+                          module_norm2: dict[tuple[str, str], float], delta_norm2: float) -> None:
+    """The SVD LoRA of a DreamBooth run in diffusers + kohya layout; its image gap is reported, not failed,
+    and so is what each consumer leaves out of it (with its share of the fine-tune's change)."""
     directory.mkdir(parents=True, exist_ok=True)
-    pipeline_class = ctx.family.pipeline_classes()[0]
-    diffusers_file = save_diffusers_lora_weights(weights, directory, pipeline_class)
+    diffusers_file = save_diffusers_lora_weights(weights, directory, ctx.family)
     kohya_file = save_kohya_lora(weights, directory / f"{ctx.stem}-lora.safetensors", ctx.family, kohya_info(ctx),
                                  unet_config=ctx.unet_config)
     for path, fmt in ((diffusers_file, "diffusers"), (kohya_file, "kohya")):
-        _verify_lora_file(ctx, path, weights, f"{fmt} (SVD rank {ctx.extra['svd']['rank']})", compare=False)
+        _verify_lora_file(ctx, path, weights, fmt, compare=False, norms=(module_norm2, delta_norm2))
     ctx.usage += lora_usage(ctx, ["diffusers", "kohya"], directory.relative_to(ctx.out).as_posix(),
                             kohya_stem=kohya_file.stem)
 
@@ -70,8 +81,10 @@ def kohya_info(ctx: ExportContext) -> dict:
     }
 
 
-def _verify_lora_file(ctx: ExportContext, path: Path, weights: LoraWeights, fmt: str, compare: bool = True) -> None:
-    what = f"{fmt} LoRA {path.name}"
+def _verify_lora_file(ctx: ExportContext, path: Path, weights: LoraWeights, fmt: str, compare: bool = True,
+                      norms: tuple[dict, float] | None = None) -> None:
+    label = fmt if compare else f"{fmt} (SVD rank {ctx.extra['svd']['rank']})"
+    what = f"{label} LoRA {path.name}"
     pipe = ctx.fresh_base()
     pipe.load_lora_weights(str(path), adapter_name=ADAPTER, use_safetensors=True)
     layers = check_lora_loaded(pipe, ADAPTER, weights, what)
@@ -80,11 +93,45 @@ def _verify_lora_file(ctx: ExportContext, path: Path, weights: LoraWeights, fmt:
         check_image(what, difference)
         check = f"{layers} LoRA layers loaded by diffusers load_lora_weights; max pixel diff {difference:.1e}"
     else:
-        ctx.extra.setdefault("svd_image_difference", {})[fmt.split()[0]] = difference
+        ctx.extra.setdefault("svd_image_difference", {})[fmt] = difference
         check = f"{layers} LoRA layers loaded by diffusers load_lora_weights; max pixel diff to DreamBooth {difference:.3f}"
-    consumer = "diffusers, ComfyUI" if fmt.startswith("diffusers") else "A1111, Forge, ComfyUI, diffusers"
-    ctx.record(path, f"LoRA ({fmt})", consumer, check, layers=layers, max_abs_diff=difference,
-               tolerance=IMAGE_TOLERANCE if compare else None)
+    consumers = _consumers(ctx, path, weights, fmt, strict=compare, norms=norms)
+    consumers[DIFFUSERS] = _diffusers_verdict(layers)
+    loaded_by = [name for name in CONSUMERS[fmt] if consumers[name]["loads"] == "all"]
+    ctx.record(path, f"LoRA ({label})", ", ".join(loaded_by), check, layers=layers, max_abs_diff=difference,
+               tolerance=IMAGE_TOLERANCE if compare else None, layout=fmt, consumers=consumers)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _diffusers_verdict(layers: int) -> dict[str, Any]:
+    return {"proof": PROOF_OWN_CODE, "loads": "all", "modules_loaded": layers, "strength": "as trained",
+            "loader": f"diffusers {_version('diffusers')} load_lora_weights (transformers {_version('transformers')})"}
+
+
+def _consumers(ctx: ExportContext, path: Path, weights: LoraWeights, fmt: str, *, strict: bool,
+               norms: tuple[dict, float] | None) -> dict[str, dict[str, Any]]:
+    """Every key-rule consumer's verdict on the file; ``strict``: the ones it is written for must load all."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    module_norm2, delta_norm2 = norms if norms else (None, None)
+    verdicts = {
+        name: consumer_report(result, weights, state, module_norm2, delta_norm2)
+        for name, result in match_all(list(state), ctx.layout()).items()
+    }
+    failed = [name for name in CONSUMERS[fmt] if name in verdicts and verdicts[name]["loads"] != "all"]
+    if strict and failed:
+        name = failed[0]
+        raise ExportVerificationError(
+            f"{fmt} LoRA {path.name}: by {name}'s key rules it would not load completely "
+            f"({verdicts[name]}). The export was not written."
+        )
+    return verdicts
 
 
 def _verify_peft(ctx: ExportContext, folders: list[Path], weights: LoraWeights) -> None:
@@ -101,7 +148,9 @@ def _verify_peft(ctx: ExportContext, folders: list[Path], weights: LoraWeights) 
         count = len(weights.by_component(folder.name))
         ctx.record(folder, "LoRA (PEFT adapter)", "peft PeftModel.from_pretrained",
                    f"{count} LoRA layers loaded by PeftModel.from_pretrained; max pixel diff {difference:.1e}",
-                   layers=count, max_abs_diff=difference, tolerance=IMAGE_TOLERANCE)
+                   layers=count, max_abs_diff=difference, tolerance=IMAGE_TOLERANCE,
+                   consumers={"peft": {"proof": PROOF_OWN_CODE, "loads": "all", "modules_loaded": count,
+                                       "loader": f"peft {_version('peft')} (transformers {_version('transformers')})"}})
     ctx.extra["peft_layers"] = layers
 
 

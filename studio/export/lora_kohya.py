@@ -20,27 +20,13 @@ import torch
 from studio.atomic import save_safetensors
 from studio.errors import StudioError
 from studio.export.lora_weights import LoraWeights
-from studio.export.sdxl_names import kohya_lora_name
-
-PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
 
 def kohya_name(component: str, path: str, family, unet_config: Any = None) -> str:
-    """``lora_unet_down_blocks_0_..._to_q`` / ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``.
-
-    SDXL files use the original SGM block names and ``lora_te1_``/``lora_te2_``
-    (:func:`studio.export.sdxl_names.kohya_lora_name`), which depend on the UNet's block layout:
-    pass its ``unet_config``.
-    """
-    if family.name == "sdxl":
-        if unet_config is None:
-            raise StudioError("kohya names of an SDXL LoRA need the UNet config (its block layout).")
-        return kohya_lora_name(component, path, unet_config)
-    if component not in PREFIXES:
-        raise StudioError(f"The kohya format has no place for a LoRA on '{component}'.")
-    if component.startswith("text_encoder") and not path.startswith("text_model."):
-        path = f"text_model.{path}"
-    return PREFIXES[component] + path.replace(".", "_")
+    """``lora_unet_down_blocks_0_..._to_q`` / ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``:
+    the family's names (:meth:`studio.families.base.ModelFamily.kohya_lora_name`; SDXL's depend on the
+    UNet's block layout: pass its ``unet_config``)."""
+    return family.kohya_lora_name(component, path, unet_config)
 
 
 def kohya_state_dict(weights: LoraWeights, family, unet_config: Any = None) -> dict[str, torch.Tensor]:

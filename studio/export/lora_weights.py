@@ -150,29 +150,32 @@ def read_diffusers_lora(path: str | Path) -> LoraWeights:
     return split_diffusers_state_dict(state, metadata)
 
 
-def diffusers_state_dict(weights: LoraWeights) -> dict[str, dict[str, torch.Tensor]]:
-    """Per component, peft-named LoRA tensors with the scale folded so that alpha == rank.
+def diffusers_lora_state(weights: LoraWeights, family) -> dict[str, torch.Tensor]:
+    """The diffusers LoRA layout every diffusers since 0.32 reads, under transformers 4 and 5.
 
-    Folding (``up * alpha / rank``) is exact when the scale is 1 (our SVD export) and otherwise one
-    extra rounding; diffusers then needs no metadata, and every consumer of the file (diffusers,
-    ComfyUI) reads scale 1 from the bare key layout.
+    Keys are what ``save_lora_weights`` writes: ``<component>.<module>.lora_A.weight`` /
+    ``.lora_B.weight``, text-encoder modules under CLIP's ``text_model.`` root
+    (:meth:`studio.families.base.ModelFamily.diffusers_lora_key`). The scale is folded into ``lora_B``
+    (``up * alpha / rank``; exact when it is 1, otherwise one extra rounding), so the file needs no
+    alpha at all: a reader that finds none applies scale 1 (diffusers, peft and ComfyUI all do), and
+    no ``lora_adapter_metadata`` is written for a diffusers version to misread (0.36 demands a
+    ``rank_pattern`` in it, 0.32 mis-places text-encoder entries).
     """
-    states: dict[str, dict[str, torch.Tensor]] = {}
+    state: dict[str, torch.Tensor] = {}
     for module in weights.modules:
         up = module.up if module.scale == 1.0 else module.up * module.scale
-        state = states.setdefault(module.component, {})
-        state[f"{module.path}.lora_A.weight"] = module.down.contiguous()
-        state[f"{module.path}.lora_B.weight"] = up.contiguous()
-    return states
+        stem = family.diffusers_lora_key(module.component, module.path)
+        if f"{stem}.lora_A.weight" in state:
+            raise StudioError(f"Two LoRA modules map to the same diffusers key {stem}.")
+        state[f"{stem}.lora_A.weight"] = module.down.contiguous()
+        state[f"{stem}.lora_B.weight"] = up.contiguous()
+    return state
 
 
-def save_diffusers_lora_weights(weights: LoraWeights, directory: Path, pipeline_class) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` with the pipeline class's own ``save_lora_weights``.
+def save_diffusers_lora_weights(weights: LoraWeights, directory: Path, family) -> Path:
+    """Write ``directory/pytorch_lora_weights.safetensors`` in :func:`diffusers_lora_state`'s layout."""
+    from studio.atomic import save_safetensors
 
-    Keys keep peft's ``lora_A``/``lora_B`` names: diffusers' older ``lora.down`` spelling exists only
-    for attention projections, and an SVD extraction also adapts convolutions and feed-forwards.
-    """
-    states = diffusers_state_dict(weights)
-    kwargs = {f"{name}_lora_layers": state for name, state in states.items()}
-    pipeline_class.save_lora_weights(str(directory), safe_serialization=True, **kwargs)
-    return directory / LORA_WEIGHTS_FILE
+    path = directory / LORA_WEIGHTS_FILE
+    save_safetensors(diffusers_lora_state(weights, family), path, metadata={"format": "pt"})
+    return path

@@ -26,7 +26,6 @@ import torch
 from studio.errors import StudioError
 from studio.export.ldm_keys import UNET_PREFIX, clip_to_ldm, unet_key, vae_to_ldm
 
-KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 CLIP_G_PREFIX = "conditioner.embedders.1.model."
 _ADDED_EMBEDDING = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
@@ -50,14 +49,11 @@ def sgm_unet_name(path: str, config: Any) -> str:
 
 
 def kohya_lora_name(component: str, path: str, unet_config: Any) -> str:
-    """``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`` / ``lora_te2_text_model_…``."""
-    if component not in KOHYA_PREFIXES:
-        raise StudioError(f"The kohya SDXL format has no place for a LoRA on '{component}'.")
-    if component == "unet":
-        path = sgm_unet_name(path, unet_config)
-    elif path.split(".")[0] not in ("text_model", "text_projection"):
-        path = f"text_model.{path}"  # CLIP-G's text_projection sits beside text_model: lora_te2_text_projection
-    return KOHYA_PREFIXES[component] + path.replace(".", "_")
+    """``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`` / ``lora_te2_text_model_…``
+    (the SDXL family's names: :meth:`studio.families.sdxl.StableDiffusionXLFamily.kohya_lora_name`)."""
+    from studio.families.sdxl import StableDiffusionXLFamily
+
+    return StableDiffusionXLFamily().kohya_lora_name(component, path, unet_config)
 
 
 def clip_g_to_openclip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,11 +9,11 @@ reported instead of silently dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from studio.export.lora_weights import COMPONENTS, LoraModule, LoraWeights
+from studio.export.lora_weights import COMPONENTS, LoraModule, LoraWeights, module_key
 
 ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
 
@@ -27,6 +27,9 @@ class Extraction:
     delta_norm2: float
     adaptable_norm2: float
     truncation_norm2: float
+    # Each adapted module's squared change, by (component, path without text_model. root): what a
+    # consumer that leaves the module out loses of the fine-tune.
+    module_norm2: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @property
     def captured_fraction(self) -> float:
@@ -35,11 +38,21 @@ class Extraction:
             return 1.0
         return (self.adaptable_norm2 - self.truncation_norm2) / self.delta_norm2
 
+    def relative_norm(self, norm2: float) -> float:
+        """``sqrt(norm2 / ||delta||^2)``: a part of the change as a relative Frobenius norm."""
+        return (norm2 / self.delta_norm2) ** 0.5 if self.delta_norm2 else 0.0
+
     def summary(self) -> dict:
         return {
             "rank": self.rank,
             "modules": len(self.weights.modules),
             "captured_fraction": round(self.captured_fraction, 6),
+            # What no LoRA file holds (the truncated singular directions plus biases, norms and
+            # embeddings), as a relative Frobenius norm of the whole DreamBooth change.
+            "left_out_relative_norm": round(self.relative_norm(self.delta_norm2 - self.adaptable_norm2
+                                                                + self.truncation_norm2), 6),
+            "truncation_relative_norm": round(self.relative_norm(self.truncation_norm2), 6),
+            "not_adaptable_relative_norm": round(self.relative_norm(self.delta_norm2 - self.adaptable_norm2), 6),
             "truncation_relative_error": round((self.truncation_norm2 / self.adaptable_norm2) ** 0.5, 6)
             if self.adaptable_norm2
             else 0.0,
@@ -67,6 +80,7 @@ def extract_lora(base_components: dict, tuned_components: dict, rank: int, names
     """SVD-extract a LoRA of ``rank`` for every changed Linear/Conv2d of the named components
     (by default the UNet and every text encoder a pipeline has: SDXL's ``text_encoder_2`` too)."""
     modules: list[LoraModule] = []
+    norms: dict[tuple[str, str], float] = {}
     total = adaptable = truncation = 0.0
     for name in names:
         base, tuned = base_components.get(name), tuned_components.get(name)
@@ -84,9 +98,10 @@ def extract_lora(base_components: dict, tuned_components: dict, rank: int, names
                 continue
             down, up, error = low_rank_factors(delta, rank)
             modules.append(LoraModule(name, path, down, up, float(down.shape[0])))
+            norms[module_key(name, path)] = norm2
             adaptable += norm2
             truncation += error
         for pname, param in tuned.named_parameters():
             norm2 = float((param.detach().double() - base_params[pname].detach().double()).pow(2).sum())
             total += norm2
-    return Extraction(LoraWeights(modules), rank, total, adaptable, truncation)
+    return Extraction(LoraWeights(modules), rank, total, adaptable, truncation, norms)

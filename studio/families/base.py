@@ -44,6 +44,25 @@ class PromptEmbedding:
         return PromptEmbedding(state["hidden"], state.get("pooled"))
 
 
+# CLIP text encoders: transformers 4 names every module under ``text_model.``; transformers 5 dropped
+# that root on ``CLIPTextModel`` (not on ``CLIPTextModelWithProjection``). Files other tools read use the
+# rooted names; ``text_projection`` sits beside the root.
+CLIP_ROOT = "text_model."
+CLIP_BESIDE_ROOT = ("text_projection",)
+
+
+def clip_rooted_path(path: str) -> str:
+    """A CLIP text-encoder module or parameter path with transformers 4's ``text_model.`` root."""
+    if path.startswith(CLIP_ROOT) or path.split(".")[0] in CLIP_BESIDE_ROOT:
+        return path
+    return CLIP_ROOT + path
+
+
+def clip_rootless_path(path: str) -> str:
+    """The same path as transformers 5's ``CLIPTextModel`` names it (no ``text_model.`` root)."""
+    return path.removeprefix(CLIP_ROOT)
+
+
 class ModelFamily(ABC):
     """What a trainer, exporter or generator must know about one family of diffusion models."""
 
@@ -53,6 +72,28 @@ class ModelFamily(ABC):
     tokenizer_names: tuple[str, ...]
     kohya_base_model_version: str
     modelspec_architecture: str
+    # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).
+    kohya_prefixes: dict[str, str]
+
+    def kohya_lora_name(self, component: str, path: str, unet_config: Any = None) -> str:
+        """A module's name in a kohya/webui LoRA file: prefix + the module path with ``_`` for ``.``.
+
+        The UNet keeps diffusers' module names (what sd-scripts trains on SD1.x/2.x); text encoders are
+        named from CLIP's ``text_model.`` root. Families whose tools use other names override this.
+        """
+        if component not in self.kohya_prefixes:
+            from studio.errors import StudioError
+
+            raise StudioError(f"The kohya format has no place for a LoRA on '{component}' of a {self.name} model.")
+        if component != "unet":
+            path = clip_rooted_path(path)
+        return self.kohya_prefixes[component] + path.replace(".", "_")
+
+    def diffusers_lora_key(self, component: str, path: str) -> str:
+        """A module's key stem in a diffusers LoRA file, as ``save_lora_weights`` writes it under
+        transformers 4 (``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``): diffusers accepts
+        that root under transformers 4 and 5, and it is the spelling other tools match."""
+        return f"{component}.{path if component == 'unet' else clip_rooted_path(path)}"
 
     def text_encoders(self, components: dict[str, Any]) -> list[Any]:
         return [components[name] for name in self.text_encoder_names]

@@ -16,6 +16,7 @@ class StableDiffusionFamily(ModelFamily):
     tokenizer_names = ("tokenizer",)
     kohya_base_model_version = "sd_v1"
     modelspec_architecture = "stable-diffusion-v1/lora"
+    kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
     def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:
         (encoder,) = self.text_encoders(components)

@@ -31,6 +31,20 @@ class StableDiffusionXLFamily(ModelFamily):
     tokenizer_names = ("tokenizer", "tokenizer_2")
     kohya_base_model_version = "sdxl_base_v1-0"
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
+    kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+    def kohya_lora_name(self, component: str, path: str, unet_config: Any = None) -> str:
+        """SDXL tools name UNet modules by the original SGM blocks (``lora_unet_input_blocks_4_1_…``),
+        which depend on the block layout: pass the UNet's config."""
+        if component != "unet":
+            return super().kohya_lora_name(component, path)
+        if unet_config is None:
+            from studio.errors import StudioError
+
+            raise StudioError("kohya names of an SDXL LoRA need the UNet config (its block layout).")
+        from studio.export.sdxl_names import sgm_unet_name
+
+        return self.kohya_prefixes["unet"] + sgm_unet_name(path, unet_config).replace(".", "_")
 
     def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:
         hidden, pooled = [], None
