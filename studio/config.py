@@ -6,12 +6,15 @@ Validation reads the declarations in :mod:`studio.settings`; nothing here re-lis
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from studio.errors import ConfigError
+from studio.limits import RECIPE_BYTES, SETTING_LIST_ITEMS, SETTING_TEXT_CHARS
 from studio.paths import recipes_dir
 from studio.settings import TrainConfig, declarations, default_value
 
@@ -37,13 +40,22 @@ def describe_allowed(item: dataclasses.Field) -> str:
     return parts + (" (or empty)" if nullable else "")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 80, 80, 6, 6, 3
+
+
+def short_repr(value: Any) -> str:
+    """A bounded repr for messages: a huge or deeply nested value never floods (or stalls) an error."""
+    return _SHORT.repr(value)
+
+
 def coerce(item: dataclasses.Field, value: Any, *, source: str = "") -> Any:
     """Check and convert one value for setting ``item``; raise ConfigError naming the key."""
     kind, nullable = value_type(item)
     where = f" (in {source})" if source else ""
 
-    def fail() -> ConfigError:
-        return ConfigError(f"Invalid value {value!r} for '{item.name}'{where}: expected {describe_allowed(item)}.")
+    def fail(why: str = "") -> ConfigError:
+        return ConfigError(f"Invalid value {short_repr(value)} for '{item.name}'{where}: expected {describe_allowed(item)}{why}.")
 
     if value is None or (nullable and value == ""):
         if nullable:
@@ -51,9 +63,15 @@ def coerce(item: dataclasses.Field, value: Any, *, source: str = "") -> Any:
         raise fail()
     if kind == "list":
         if isinstance(value, str):
+            if len(value) > SETTING_LIST_ITEMS * SETTING_TEXT_CHARS:
+                raise fail(f" (at most {SETTING_LIST_ITEMS} items of {SETTING_TEXT_CHARS} characters)")
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list | tuple):
             raise fail()
+        if len(value) > SETTING_LIST_ITEMS:
+            raise fail(f"; {len(value)} items given, at most {SETTING_LIST_ITEMS} are accepted")
+        if not all(isinstance(v, str) and len(v) <= SETTING_TEXT_CHARS for v in value):
+            raise fail(f" (each item a string of at most {SETTING_TEXT_CHARS} characters)")
         return list(value)
     if kind == "bool":
         if isinstance(value, bool):
@@ -80,11 +98,15 @@ def coerce(item: dataclasses.Field, value: Any, *, source: str = "") -> Any:
             value = float(value)
         except (TypeError, ValueError):
             raise fail() from None
+        if not math.isfinite(value):
+            raise fail("; NaN and infinity are not accepted")
     elif kind == "str":
         if not isinstance(value, str):
             value = str(value) if isinstance(value, int | float) else None
             if value is None:
                 raise fail()
+        if len(value) > SETTING_TEXT_CHARS:
+            raise fail(f"; {len(value)} characters given, at most {SETTING_TEXT_CHARS} are accepted")
     meta = item.metadata
     if meta.get("choices") and value not in meta["choices"]:
         raise fail()
@@ -145,12 +167,41 @@ def resolve_recipe_path(recipe: str) -> Path:
     return named
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases: a 1 KB alias bomb cannot expand into gigabytes."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML aliases (*{event.anchor}) are not accepted in Studio settings (line {event.start_mark.line + 1}); "
+                "write the value out in full."
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, *, source: str) -> Any:
+    """Parse settings YAML safely: no Python objects, no aliases, bounded size."""
+    if len(text) > RECIPE_BYTES:
+        raise ConfigError(f"{source} is {len(text)} bytes; settings files are at most {RECIPE_BYTES} bytes.")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from error
+
+
+def _read_text(path: Path) -> str:
+    size = path.stat().st_size
+    if size > RECIPE_BYTES:
+        raise ConfigError(f"{path} is {size} bytes; settings files are at most {RECIPE_BYTES} bytes.")
+    return path.read_text()
+
+
 def read_recipe(recipe: str) -> dict[str, Any]:
     path = resolve_recipe_path(recipe)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"Recipe {path} is not valid YAML: {error}") from error
+    data = load_yaml(_read_text(path), source=f"Recipe {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"Recipe {path} must be a mapping of setting: value.")
     data.pop("description", None)
@@ -158,7 +209,8 @@ def read_recipe(recipe: str) -> dict[str, Any]:
 
 
 def recipe_description(recipe: str) -> str:
-    data = yaml.safe_load(resolve_recipe_path(recipe).read_text()) or {}
+    path = resolve_recipe_path(recipe)
+    data = load_yaml(_read_text(path), source=f"Recipe {path}") or {}
     return str(data.get("description", ""))
 
 
@@ -170,8 +222,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"Override '{pair}' must look like key=value (for example --set steps=200).")
         try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            values[key.strip()] = load_yaml(raw, source=f"--set {key.strip()}") if raw.strip() else ""
+        except ConfigError:  # not YAML (or an alias): the text itself, bounded by the setting's own limits
             values[key.strip()] = raw
     return values
 
@@ -200,4 +252,7 @@ def save_config(config: TrainConfig, path: Path) -> None:
 
 
 def read_config(path: Path) -> TrainConfig:
-    return build_config(yaml.safe_load(Path(path).read_text()) or {}, source=str(path))
+    data = load_yaml(_read_text(Path(path)), source=str(path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of setting: value.")
+    return build_config(data, source=str(path))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from studio import limits
 from studio.adapters import AdapterError, AdapterSource, load_adapter, resolve_adapter, resolve_base
 from studio.errors import StudioError
 from studio.generation_images import load_init_image
@@ -102,15 +103,15 @@ class Generator:
         with self._lock:
             return self._prepare(base, [a if isinstance(a, AdapterRef) else AdapterRef.parse(a) for a in adapters])[0]
 
-    def _prepare(self, base: str, refs: list[AdapterRef]) -> tuple[Any, list[str], list[str]]:
+    def _prepare(self, base: str, refs: list[AdapterRef], allow_pickle: bool = False) -> tuple[Any, list[str], list[str]]:
         sources = [resolve_adapter(ref.path) for ref in refs]
         if len({_adapter_key(s) for s in sources}) != len(sources):
             raise AdapterError("The same adapter is listed twice; give it once (with one weight).")
         with quiet_loaders():
-            return self._prepare_loaded(base, refs, sources)
+            return self._prepare_loaded(base, refs, sources, allow_pickle)
 
-    def _prepare_loaded(self, base: str, refs: list[AdapterRef], sources: list[AdapterSource]):
-        self._load_base(resolve_base(base))
+    def _prepare_loaded(self, base: str, refs: list[AdapterRef], sources: list[AdapterSource], allow_pickle: bool = False):
+        self._load_base(resolve_base(base), allow_pickle)
         pipe = self._pipe
         names, weights, tokens, wanted_embeddings = [], [], [], set()
         for ref, source in zip(refs, sources, strict=True):
@@ -135,14 +136,14 @@ class Generator:
         self._activate(names, weights)
         return pipe, names, tokens
 
-    def _load_base(self, ref: str) -> None:
+    def _load_base(self, ref: str, allow_pickle: bool = False) -> None:
         if ref == self._base_key and self._pipe is not None:
             return
         from studio.models import load_base
 
         self._pipe = self._img2img = None
         self._loras, self._embeddings = {}, {}
-        pipe = load_base(ref).pipeline
+        pipe = load_base(ref, allow_pickle=allow_pickle).pipeline
         if self.device != "cpu" or self.dtype != torch.float32:
             pipe.to(self.device, self.dtype)
         self._pipe, self._base_key = pipe, ref
@@ -170,18 +171,28 @@ class Generator:
         *,
         progress: Progress | None = None,
         show_progress: bool = False,
+        front: str = limits.API,
+        allow_pickle: bool = False,
     ) -> GenerationResult:
-        """Generate ``request.num_images`` images; image ``i`` uses seed ``seed + i`` whatever the batch."""
-        _check(request)
+        """Generate ``request.num_images`` images; image ``i`` uses seed ``seed + i`` whatever the batch.
+
+        The request is checked against :mod:`studio.limits` before anything loads; ``front`` says which
+        names the message uses (CLI flags, web controls or these parameter names). Images are rendered
+        at most ``limits.GENERATION_BATCH`` at a time.
+        """
+        check_request(request, len(adapters), front)
         refs = [a if isinstance(a, AdapterRef) else AdapterRef.parse(a) for a in adapters]
         seed = int(request.seed) if request.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
         seeds = [seed + i for i in range(request.num_images)]
+        batches = [seeds[i:i + limits.GENERATION_BATCH] for i in range(0, len(seeds), limits.GENERATION_BATCH)]
+        images: list[Image.Image] = []
         with self._lock:
-            pipe, names, tokens = self._prepare(base, refs)
+            pipe, names, tokens = self._prepare(base, refs, allow_pickle)
             pipe.set_progress_bar_config(disable=not show_progress)
-            kwargs = self._common_kwargs(request, seeds, progress)
             if request.init_image is None:
-                images = pipe(height=request.height, width=request.width, **kwargs).images
+                for batch in batches:
+                    kwargs = self._common_kwargs(request, batch, progress)
+                    images += pipe(height=request.height, width=request.width, **kwargs).images
                 mode = "txt2img"
             else:
                 init = load_init_image(request.init_image, request.width, request.height)
@@ -192,7 +203,9 @@ class Generator:
                 else:
                     img2img = self._img2img_pipeline()
                     img2img.set_progress_bar_config(disable=not show_progress)
-                    images = img2img(image=init, strength=float(request.strength), **kwargs).images
+                    for batch in batches:
+                        kwargs = self._common_kwargs(request, batch, progress)
+                        images += img2img(image=init, strength=float(request.strength), **kwargs).images
                     mode = "img2img"
         return GenerationResult(list(images), seeds, mode, names, tokens)
 
@@ -229,16 +242,20 @@ class Generator:
             self._loras, self._embeddings = {}, {}
 
 
-def _check(request: GenerationRequest) -> None:
+def check_request(request: GenerationRequest, adapter_count: int = 0, front: str = limits.API) -> None:
+    """Refuse a request outside :mod:`studio.limits` (before any model loads); messages name ``front``'s controls."""
     if not request.prompt or not request.prompt.strip():
-        raise StudioError("The prompt is empty; type what to generate.")
-    if request.steps < 1 or request.num_images < 1:
-        raise StudioError("steps and num_images must be at least 1.")
-    if not 0.0 <= request.strength <= 1.0:
-        raise StudioError(f"--strength must be between 0 and 1 (got {request.strength}).")
-    for side in (request.width, request.height):
-        if side is not None and (side < 8 or side % 8):
-            raise StudioError(f"Width and height must be positive multiples of 8 (got {side}).")
+        raise StudioError(f"The prompt is empty; type what to generate ({limits.PROMPT_CHARS.label(front)}).")
+    limits.check_text(limits.PROMPT_CHARS, request.prompt, front)
+    limits.check_text(limits.NEGATIVE_CHARS, request.negative_prompt, front)
+    limits.GENERATION_STEPS.check(request.steps, front)
+    limits.NUM_IMAGES.check(request.num_images, front)
+    limits.GUIDANCE.check(request.guidance, front)
+    limits.STRENGTH.check(request.strength, front)
+    limits.ADAPTERS.check(adapter_count, front)
+    if request.seed is not None:
+        limits.SEED.check(request.seed, front)
+    limits.check_image_size(request.width, request.height, front)
 
 
 _DEFAULT: Generator | None = None

@@ -47,6 +47,7 @@ class Selection:
     adapters: list[Any]  # studio.generate.AdapterRef
     tokens: list[str]  # what stands for the subject in prompts (identifiers, TI placeholders)
     resolution: int
+    allow_pickle: bool = False  # the runs were trained with the allow_pickle setting on
 
 
 def select_runs(run_dirs: list[str | Path], weights: list[float] | None = None) -> Selection:
@@ -71,7 +72,8 @@ def select_runs(run_dirs: list[str | Path], weights: list[float] | None = None) 
         for run, weight in zip(runs, weights, strict=False) if run.method != "dreambooth"
     ]
     base = str(dreambooth[0].directory) if dreambooth else runs[0].config.base
-    return Selection(base, runs[0].config.base, adapters, [run.token for run in runs], runs[0].config.resolution)
+    return Selection(base, runs[0].config.base, adapters, [run.token for run in runs], runs[0].config.resolution,
+                     any(getattr(run.config, "allow_pickle", False) for run in runs))
 
 
 class Playground:
@@ -94,8 +96,10 @@ class Playground:
             self._base_generator = Generator(self.device)
         return self._base_generator
 
-    def generate(self, run_dirs: list[str | Path], request: Request, weights: list[float] | None = None) -> tuple[Any, Any]:
-        """``(base image or None, personalised image)`` for ``request`` with the chosen runs."""
+    def generate(self, run_dirs: list[str | Path], request: Request, weights: list[float] | None = None, *,
+                 front: str = "api") -> tuple[Any, Any]:
+        """``(base image or None, personalised image)`` for ``request`` with the chosen runs (checked against
+        :mod:`studio.limits`; ``front`` says whose control names the messages use)."""
         import torch
 
         from studio.generate import GenerationRequest
@@ -112,11 +116,12 @@ class Playground:
             )
 
         try:
-            tuned = self.personalised.generate(selection.base, ask(request.prompt), selection.adapters).images[0]
+            options = {"front": front, "allow_pickle": selection.allow_pickle}
+            tuned = self.personalised.generate(selection.base, ask(request.prompt), selection.adapters, **options).images[0]
             base = None
             if request.compare_base:
                 plain = strip_tokens(request.prompt, selection.tokens) or request.prompt
-                base = self._base(selection).generate(selection.original_base, ask(plain), []).images[0]
+                base = self._base(selection).generate(selection.original_base, ask(plain), [], **options).images[0]
         except torch.OutOfMemoryError as error:
             raise StudioError("Out of memory while generating; lower the steps, or wait for the running job to finish.") from error
         return base, tuned

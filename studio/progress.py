@@ -19,6 +19,8 @@ class TrainingProgressBar:
         elif kind == "step" and self.bar is not None:
             self.bar.update(event["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        elif kind == "checkpoint_skipped":
+            (self.bar.write if self.bar is not None else print)(f"warning: {event['message']}")
         elif kind in ("checkpoint", "sample") and self.bar is not None:
             self.bar.write(f"step {event['step']}: {kind} written")
         elif kind in ("finished", "failed", "cancelled") and self.bar is not None:

@@ -94,6 +94,7 @@ class TrainConfig:
     sample_steps: int = setting(25, "Sampling steps for validation samples.", minimum=1, maximum=1000)
     sample_guidance: float = setting(GUIDANCE, "Classifier-free guidance scale of validation samples.", minimum=0.0, maximum=50.0)
     log_every: int = setting(1, "Write a step event every N steps (loss is read from the device only then).", minimum=1, maximum=100_000)
+    allow_pickle: bool = setting(False, "Allow pickle files (.ckpt, .bin, .pt) as the base model or VAE. Loading a pickle can run arbitrary code: only for files whose source you trust; prefer .safetensors.")
     vae: str | None = setting(None, "VAE to use instead of the base model's (empty: its own): a VAE folder, .safetensors file or hub id. For SDXL in fp16 use madebyollin/sdxl-vae-fp16-fix (SDXL's own VAE overflows in fp16 and is kept in fp32).", nullable=True)
 
 

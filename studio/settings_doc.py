@@ -23,4 +23,6 @@ def settings_markdown() -> str:
         lines.append(
             f"| `{item.name}` | {meta['group']} | `{default!r}` | {describe_allowed(item)} | {methods} | {meta['help']} |"
         )
-    return "\n".join(lines) + "\n"
+    from studio.limits import limits_markdown
+
+    return "\n".join(lines) + "\n\n" + limits_markdown()

@@ -18,7 +18,8 @@ from typing import Any
 from PIL import Image
 
 from studio.atomic import atomic_dir, write_json
-from studio.errors import SubjectError
+from studio.confine import confine_entry
+from studio.errors import ConfinementError, SubjectError
 from studio.images import (
     CROP_MODES,
     DEFAULT_MAX_PIXELS,
@@ -182,7 +183,9 @@ def validate_images(
 
 def _check_text(name: str, value: str, *, one_word: bool) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise SubjectError(f"The {name} is empty; give one, e.g. --identifier sks --class-noun dog.")
+        raise SubjectError(f"The {name} is empty; give one, e.g. --identifier sks --class-noun dog.",
+                           browser=f"The {name} is empty; fill in the {name.capitalize()} field (e.g. sks for the "
+                                   "identifier, dog for the class noun).")
     value = value.strip()
     if "\n" in value or "\r" in value:
         raise SubjectError(f"The {name} {value!r} spans several lines; it must be a single line.")
@@ -194,13 +197,16 @@ def _check_text(name: str, value: str, *, one_word: bool) -> str:
 def _check_out_dir(out: Path, force: bool) -> bool:
     """Return whether an existing ``out`` must be replaced; refuse anything risky."""
     if out.is_file():
-        raise SubjectError(f"{out} is a file; choose a folder path for the subject (--out).")
+        raise SubjectError(f"{out} is a file; choose a folder path for the subject (--out).",
+                           browser=f"The name {out.name} is taken by a file; type another Subject name.")
     if not out.exists() or not any(out.iterdir()):
         return out.exists()
     if not force:
-        raise SubjectError(f"{out} already exists and is not empty; pass --force to replace it, or choose another --out.")
+        raise SubjectError(f"{out} already exists and is not empty; pass --force to replace it, or choose another --out.",
+                           browser=f"A subject named {out.name} already exists; type another Subject name.")
     if not (out / SUBJECT_FILE).is_file():
-        raise SubjectError(f"Refusing to replace {out}: it is not a subject folder (no {SUBJECT_FILE}). Choose another --out.")
+        raise SubjectError(f"Refusing to replace {out}: it is not a subject folder (no {SUBJECT_FILE}). Choose another --out.",
+                           browser=f"The name {out.name} is taken by a folder that is not a subject; type another Subject name.")
     return True
 
 
@@ -278,8 +284,24 @@ def prepare_subject(
     return load_subject(out)
 
 
+def _image_paths(root: Path, entries: Any) -> list[Path]:
+    """The images a subject.json lists, each confined to the subject folder (symlinks followed)."""
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise TypeError("'images' must be a list of file names")
+    if len(entries) > MAX_IMAGES:
+        raise SubjectError(f"{root / SUBJECT_FILE} lists {len(entries)} images; a subject has at most {MAX_IMAGES}. "
+                           "Run `studio prepare` again.")
+    try:
+        return [confine_entry(root, entry, what=f"image entry in {root / SUBJECT_FILE}") for entry in entries]
+    except ConfinementError as error:
+        raise SubjectError(f"{error} Run `studio prepare` to make a subject from photos kept elsewhere.") from None
+
+
 def load_subject(directory: str | os.PathLike) -> Subject:
-    """Read a subject directory written by :func:`prepare_subject`, checking its images exist."""
+    """Read a subject directory written by :func:`prepare_subject`, checking its images exist.
+
+    Every image entry must resolve (symlinks followed) inside the subject folder.
+    """
     root = Path(directory).expanduser().resolve()
     record_path = root / SUBJECT_FILE
     try:
@@ -295,7 +317,7 @@ def load_subject(directory: str | os.PathLike) -> Subject:
             "Run `studio prepare` again to recreate it."
         )
     try:
-        image_paths = [root / rel for rel in record["images"]]
+        image_paths = _image_paths(root, record["images"])
         subject = Subject(
             identifier=record["identifier"],
             class_noun=record["class_noun"],

@@ -9,19 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from studio.atomic import atomic_dir, write_json
-from studio.config import read_config, save_config
+from studio.atomic import atomic_dir, remove_stale_temporaries, write_json
+from studio.config import read_config
 from studio.errors import ConfigError, StudioError
+from studio.interrupts import sigterm_as_interrupt
 from studio.models.vae import decode_in_fp32
+from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, benchmarks)
+from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
 from trainers import checkpoints, objectives, placement
@@ -46,23 +47,6 @@ class TrainingFailed(StudioError):
     """Training stopped on an error; the run directory records why."""
 
 
-@contextmanager
-def sigterm_as_interrupt():
-    """Let a worker's SIGTERM stop training like Ctrl-C: checkpoint, record 'cancelled', exit."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class Trainer:
     """Runs ``method`` on a subject and writes the run directory."""
 
@@ -82,6 +66,7 @@ class Trainer:
         self.events = EventLog(self.run_dir, enabled=self.accelerator.is_main_process, listener=listener)
         self.method_class = method_class
         self.step = 0
+        self.loop_started = False  # set once setup is done; before that a failed start holds nothing of value
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -254,6 +239,24 @@ class Trainer:
             self.events.emit("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
         self.accelerator.wait_for_everyone()
 
+    def _resume_from_newest_intact(self) -> tuple[Path | None, list[dict[str, str]]]:
+        """Restore the newest checkpoint that reads back whole; the damaged newer ones are reported."""
+        skipped: list[dict[str, str]] = []
+        found = checkpoints.checkpoint_dirs(self.run_dir)
+        for directory in reversed(found):
+            try:
+                self._restore(directory)
+                return directory, skipped
+            except (checkpoints.CorruptCheckpointError, RuntimeError, ValueError, KeyError) as error:
+                skipped.append({"path": str(directory.relative_to(self.run_dir)), "reason": str(error)})
+        if found:
+            listed = "; ".join(f"{item['path']} ({item['reason']})" for item in skipped)
+            raise TrainingFailed(
+                f"No checkpoint of {self.run_dir} can be read back: {listed}. Delete those folders to restart this run "
+                f"from step 0 with `studio train --resume {self.run_dir}`, or start a new run."
+            )
+        return None, skipped
+
     def _restore(self, directory: Path) -> None:
         state = checkpoints.load_checkpoint(directory)
         self.method.load_trainable_state(state.trainable)
@@ -286,6 +289,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Train (or resume); the main process holds the run's lock for the whole run (see studio.runlock)."""
+        if not self.accelerator.is_main_process:
+            return self._run_guarded(resume)
+        with run_lock(self.run_dir, "resume" if resume else "train"):
+            remove_stale_temporaries(self.run_dir, recursive=True)  # a crash's leftovers; we hold the lock
+            return self._run_guarded(resume)
+
+    def _run_guarded(self, resume: bool) -> dict[str, Any]:
         try:
             with sigterm_as_interrupt():
                 return self._run(resume)
@@ -319,12 +330,16 @@ class Trainer:
         config = self.config
         self._setup()
         if resume:
-            last = checkpoints.latest_checkpoint(self.run_dir)
-            if last is not None:
-                self._restore(last)
-            self.events.emit("resumed", step=self.step, total=config.steps, checkpoint=str(last) if last else None)
+            last, skipped = self._resume_from_newest_intact()
+            self.events.emit("resumed", step=self.step, total=config.steps, checkpoint=str(last) if last else None,
+                             skipped=skipped)
+            for item in skipped:
+                self.events.emit("checkpoint_skipped", step=self.step, path=item["path"], reason=item["reason"],
+                                 message=f"Skipped damaged checkpoint {item['path']} ({item['reason']}); "
+                                         f"resumed from {last.name if last else 'the start'}.")
         else:
             self.events.emit("started", step=0, total=config.steps, method=config.method, base=config.base)
+        self.loop_started = True
         if self.step == 0:
             self._sample()
         start_step, started = self.step, time.perf_counter()
@@ -397,19 +412,6 @@ class Trainer:
         if not result:  # the other processes read what the main process wrote
             result = json.loads((self.run_dir / RESULT_FILE).read_text())
         return result
-
-
-def prepare_run_dir(config: TrainConfig, subject_dir: Path, run_dir: Path) -> None:
-    """Create a new run directory: resolved config and a copy of the subject."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"Run directory {run_dir} already exists and is not empty; choose another --out, or --resume it.")
-    subject = load_subject(subject_dir)
-    if not subject.image_paths:
-        raise ConfigError(f"Subject {subject_dir} has no images; run `studio prepare` on 1-20 photos.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(subject.directory, run_dir / SUBJECT_DIR, dirs_exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:

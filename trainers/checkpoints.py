@@ -1,7 +1,9 @@
 """Resumable checkpoints: trainable weights, optimizer, LR schedule, RNG and step, without pickle.
 
-Each checkpoint is written to a temporary folder and renamed to ``checkpoints/step-NNNNNN`` when
-complete; only the last K are kept.
+Each checkpoint is written to a temporary folder, fsynced and renamed to ``checkpoints/step-NNNNNN``
+when complete; only the last K are kept. A checkpoint that cannot be read back (a disk error, a file
+damaged after it was written) raises :class:`CorruptCheckpointError` naming the file, so resume can
+fall back to the previous one.
 """
 
 from __future__ import annotations
@@ -56,17 +58,32 @@ def save_checkpoint(run_dir: Path, state: TrainingState, keep: int) -> Path:
     return target
 
 
+class CorruptCheckpointError(Exception):
+    """A checkpoint folder whose files cannot be read back; the message names the file."""
+
+
+def _read(path: Path, reader):
+    try:
+        return reader()
+    except Exception as error:  # safetensors, JSON and missing-file errors all mean "unreadable"
+        raise CorruptCheckpointError(f"{path.name}: {type(error).__name__}: {error}") from error
+
+
 def load_checkpoint(directory: Path) -> TrainingState:
     import json
 
-    trainer = json.loads((directory / "trainer.json").read_text())
-    rng = load_state(directory, "rng")
-    return TrainingState(
-        step=int(trainer["step"]),
-        trainable=load_file(str(directory / "trainable.safetensors")),
-        optimizer=load_state(directory, "optimizer"),
-        lr_scheduler=trainer["lr_scheduler"],
-        generator=rng["generator"],
-        torch_rng=rng["torch"],
-        cuda_rng=rng["cuda"] or None,
-    )
+    directory = Path(directory)
+    trainer = _read(directory / "trainer.json", lambda: json.loads((directory / "trainer.json").read_text()))
+    rng = _read(directory / "rng.safetensors", lambda: load_state(directory, "rng"))
+    trainable = _read(directory / "trainable.safetensors", lambda: load_file(str(directory / "trainable.safetensors")))
+    optimizer = _read(directory / "optimizer.safetensors", lambda: load_state(directory, "optimizer"))
+    try:
+        step = int(trainer["step"])
+        if directory.name != f"step-{step:06d}":
+            raise ValueError(f"it records step {step}")
+        return TrainingState(
+            step=step, trainable=trainable, optimizer=optimizer, lr_scheduler=trainer["lr_scheduler"],
+            generator=rng["generator"], torch_rng=rng["torch"], cuda_rng=rng["cuda"] or None,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptCheckpointError(f"trainer.json: {type(error).__name__}: {error}") from error

@@ -13,11 +13,12 @@ from pathlib import Path
 import gradio as gr
 
 from studio.jobs import Dispatcher, Workspace
+from studio.limits import UPLOAD_MB
 from webui.context import Context
 from webui.tabs import evaluate, export, generate, jobs, subject, train
 
 LOG = logging.getLogger(__name__)
-MAX_FILE_SIZE = "25mb"
+MAX_FILE_SIZE = f"{int(UPLOAD_MB.maximum)}mb"  # declared once in studio.limits
 CSS = """
 .job-progress { font-size: 0.95rem; }
 .job-bar { height: 14px; border-radius: 7px; background: var(--block-border-color); overflow: hidden; margin: 4px 0; }

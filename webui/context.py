@@ -19,8 +19,10 @@ class Context:
 
     def tokenizers(self, base: str) -> list[Any]:
         """The base model's tokenizers, loaded once per base (a built-in is built on first use)."""
+        from studio.confine import confine_refs
         from studio.models import load_tokenizers
 
+        confine_refs([("Tokenizer of", base)], [self.ws.root])  # a path from the browser stays in the data dir
         with self._lock:
             if base not in self._tokenizers:
                 self._tokenizers[base] = list(load_tokenizers(base))

@@ -7,7 +7,8 @@ import importlib
 import sys
 
 from studio.environment.check import require_working_environment
-from studio.errors import StudioError
+from studio.errors import StudioError, disk_full_error, is_disk_full
+from studio.interrupts import sigterm_as_interrupt
 
 # Subcommand modules, in the order a person works. Each defines register(subparsers).
 COMMAND_MODULES = [
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with sigterm_as_interrupt():  # a plain kill unwinds like Ctrl-C: temporaries are removed
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if not getattr(args, "skip_environment_check", False):
             require_working_environment()  # cheap: package metadata only, before any work
@@ -50,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        print(f"error: {disk_full_error(error, 'files', error.filename or 'the disk')}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -96,6 +96,7 @@ def _evaluate_run(args: argparse.Namespace) -> dict:
         base=not args.no_base,
         device=args.device,
         allow_pickle=args.allow_pickle,
+        front="cli",
     )
 
 

@@ -30,16 +30,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--crop", choices=CROP_MODES, default="center", help="center: crop to fill; pad: fit and pad with white")
     parser.add_argument("--base", default=DEFAULT_BASE, help=f"base model whose tokenizer checks the identifier (default {DEFAULT_BASE})")
     parser.add_argument("--no-identifier-check", action="store_true", help="skip loading the tokenizer to check the identifier")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow a pickle (.ckpt/.bin) --base (only from sources you trust)")
     parser.add_argument("--force", action="store_true", help="replace an existing subject folder")
     parser.add_argument("--suggest-identifiers", action="store_true", help="print rare single-token identifiers and exit")
     parser.set_defaults(func=run)
 
 
-def _load_tokenizers(base: str) -> list[Any]:
+def _load_tokenizers(base: str, allow_pickle: bool = False) -> list[Any]:
     from studio.models import load_tokenizers
 
     print(f"Loading the tokenizer of {base} (a built-in model is built on first use; this can take a minute)...")
-    tokenizers = load_tokenizers(base)
+    tokenizers = load_tokenizers(base, allow_pickle=allow_pickle)
     if not tokenizers:
         raise ModelLoadError(f"{base} has no tokenizer folder.")
     return tokenizers
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.suggest_identifiers:
         from studio.identifiers import suggest_identifiers
 
-        tokenizer = _load_tokenizers(args.base)[0]
+        tokenizer = _load_tokenizers(args.base, args.allow_pickle)[0]
         print("Rare single-token identifiers:", ", ".join(suggest_identifiers(tokenizer, n=10)))
         return 0
     missing = [flag for flag, value in (("--images", args.images), ("--identifier", args.identifier),
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizers = None
     if not args.no_identifier_check:
         try:
-            tokenizers = _load_tokenizers(args.base)
+            tokenizers = _load_tokenizers(args.base, args.allow_pickle)
         except ModelLoadError as error:
             print(f"  warning  the identifier was not checked: {error}")
     print(f"Checking {len(args.images)} input(s) for {args.resolution} px training ({args.crop} crop):")

@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="Run directory to create.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a setting (repeatable).")
     parser.add_argument("--resume", metavar="RUN", help="Continue RUN from its last checkpoint.")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="Same as --set allow_pickle=true: allow a pickle (.ckpt/.bin) base or VAE (only from sources you trust).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     parser.set_defaults(func=run)
 
@@ -31,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     progress = TrainingProgressBar(disable=args.quiet)
     if args.resume:
+        if args.allow_pickle or args.overrides:
+            raise ConfigError(f"--resume continues {args.resume} with the settings it was started with; drop "
+                              "--allow-pickle/--set (or start a new run with --out).")
         result = trainers.resume(Path(args.resume), listener=progress, show_progress=not args.quiet)
         print(f"Finished: {Path(args.resume) / result['artifact']}")
         return 0
@@ -39,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if args.base:
         overrides["base"] = args.base
+    if args.allow_pickle:
+        overrides["allow_pickle"] = True
     config = load_config(args.recipe, overrides)
     result = trainers.train(config, Path(args.subject), Path(args.out), listener=progress, show_progress=not args.quiet)
     print(f"Finished: {Path(args.out) / result['artifact']}")

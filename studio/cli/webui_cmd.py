@@ -36,10 +36,33 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, naming the flag, a port that is out of range or already in use (before gradio starts)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise StudioError(f"--port {port} is not a port number; use one from 1 to 65535 (default 7860).")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise StudioError(f"--host {host} cannot be resolved ({error}); use 127.0.0.1 or this machine's address.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise StudioError(
+                f"Cannot serve on {host}:{port}: {error.strerror or error}. Another program (perhaps another "
+                f"`studio webui`) uses that port; stop it or pass another --port, e.g. --port {port + 1 if port < 65535 else 7860}."
+            ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     auth = parse_auth(args.auth)
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
         print(f"warning: serving on {args.host} without --auth; anyone who can reach this port can use Studio.")
+    check_port_free(args.host, args.port)
     from webui.env import configure
 
     configure(args.data_dir)  # before gradio is imported

@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from studio.atomic import atomic_dir, write_json, write_text
-from studio.errors import StudioError
+from studio.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
+from studio.errors import StudioError, disk_full_error, is_disk_full
 from studio.export.context import ExportContext, render_spec, replace_word
 from studio.export.full_model import FULL_FORMATS, export_dreambooth_run
 from studio.export.lora_export import LORA_FORMATS, export_lora_run
@@ -23,6 +23,7 @@ from studio.export.model_card import read_eval_scores, render_card
 from studio.export.ti_export import TI_FORMATS, export_ti_run
 from studio.export.verify import IMAGE_TOLERANCE
 from studio.quiet import quiet_loaders
+from studio.runlock import run_lock
 from studio.runs import load_run
 
 FORMATS_BY_METHOD: dict[str, tuple[str, ...]] = {
@@ -83,11 +84,26 @@ def parse_formats(method: str, formats: str | Iterable[str]) -> list[str]:
     return chosen
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
+def _check_out_dir(out_dir: Path, force: bool, run_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is or holds a run, and replace (with ``force``) only a Studio export."""
+    from studio.rundir import find_run
+
     if out_dir.exists() and not out_dir.is_dir():
         raise StudioError(f"--out {out_dir} is a file; give a folder path.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    resolved = out_dir.resolve()
+    if run_dir.resolve().is_relative_to(resolved):
+        raise StudioError(f"--out {out_dir} is the run {run_dir} or a folder that holds it; an export never replaces a "
+                          "run. Choose another --out (the default is RUN/exports/<formats>).")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not force:
         raise StudioError(f"{out_dir} already exists and is not empty; choose another --out or pass --force to replace it.")
+    held = find_run(out_dir)
+    if held is not None:
+        raise StudioError(f"Refusing --force: {out_dir} holds the run {held}; an export never replaces a run. Choose another --out.")
+    if not (out_dir / REPORT_FILE).is_file():
+        raise StudioError(f"Refusing --force: {out_dir} is not a Studio export (no {REPORT_FILE}); --force only replaces "
+                          "an earlier export. Choose another --out, or empty that folder yourself.")
 
 
 def export_run(
@@ -116,14 +132,33 @@ def export_run(
         raise StudioError(f"--rank must be at least 1 (got {rank}).")
     _check_supported(str(result.get("family", "sd1")), chosen)
     out = Path(out_dir).expanduser() if out_dir else run.directory / "exports" / "-".join(chosen)
-    _check_out_dir(out, force)
+    _check_out_dir(out, force, run.directory)
     token = None
     if push_to_hub:
         from studio.export.hub import check_hub_ready
 
         token = check_hub_ready(push_to_hub)
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    with run_lock(run.directory, "export"):
+        remove_stale_temporaries(out.parent, out.name)  # what a killed export of this folder left
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        try:
+            ctx, report = _write_export(run, out, chosen, force, rank, license, log)
+        except Exception as error:  # safetensors and PIL report a full disk in their own exception types
+            if is_disk_full(error):
+                raise disk_full_error(error, "the export", out) from None
+            raise
+    url = None
+    if push_to_hub and token:
+        from studio.export.hub import push_folder
+
+        log(f"Uploading {out} to the Hub repository {push_to_hub}")
+        url = push_folder(out, push_to_hub, token)
+    return ExportResult(out, chosen, ctx.files, report, url)
+
+
+def _write_export(run, out: Path, chosen: list[str], force: bool, rank: int, license: str, log) -> tuple[ExportContext, dict]:
+    method = run.method
     with atomic_dir(out, replace=force) as tmp, quiet_loaders():
         ctx = ExportContext(run=run, out=tmp, spec=render_spec(run), log=log)
         log(f"Exporting {run.directory.name} ({method}) as {', '.join(chosen)}; verifying each file by reloading it")
@@ -134,13 +169,7 @@ def export_run(
         else:
             export_dreambooth_run(ctx, chosen, rank)
         report = _write_card_and_report(ctx, chosen, license)
-    url = None
-    if push_to_hub and token:
-        from studio.export.hub import push_folder
-
-        log(f"Uploading {out} to the Hub repository {push_to_hub}")
-        url = push_folder(out, push_to_hub, token)
-    return ExportResult(out, chosen, ctx.files, report, url)
+    return ctx, report
 
 
 def _typed_instance_prompt(run) -> str:

@@ -116,6 +116,7 @@ class JobStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")  # a committed state change survives a power loss (WAL + fsync)
         try:
             yield db
         finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.config import config_to_dict
+from studio.confine import confine, confine_refs
 from studio.errors import StudioError
 from studio.jobs.db import CANCELLED, FINISHED, QUEUED, RESUMABLE_STATES, RUNNING, Job
 from studio.jobs.workspace import Workspace
@@ -38,26 +39,38 @@ def default_device() -> str:
         return "cpu"
 
 
-def resolve_subject(ws: Workspace, ref: str | Path) -> Path:
-    """A subject folder from a path, or from the name of a subject in the workspace."""
+def resolve_subject(ws: Workspace, ref: str | Path, *, confined: bool = False) -> Path:
+    """A subject folder from a path, or from the name of a subject in the workspace.
+
+    ``confined`` (the web UI and its HTTP API): the folder must resolve inside the data directory.
+    """
     from studio.subjects import load_subject
 
+    named = ws.subject_dir(str(ref)) if str(ref).strip() else None
     path = Path(ref).expanduser()
-    if not (path / "subject.json").is_file():
-        path = ws.subject_dir(str(ref))
-    if not (path / "subject.json").is_file():
+    if named is not None and (named / "subject.json").is_file() and (confined or not (path / "subject.json").is_file()):
+        path = named
+    elif not (path / "subject.json").is_file():
         known = ", ".join(p.name for p in ws.subjects()) or "none yet"
         raise StudioError(
             f"Subject {ref!r} not found: neither a subject folder nor a subject in {ws.subjects_dir} "
             f"(known: {known}). Create one with `studio prepare` or the web UI's Subject tab."
         )
+    if confined:
+        confine(path, [ws.root], what="subject folder", fix="Choose a subject made in the Subject tab (by its name).")
     return load_subject(path).directory
 
 
 def submit_train(ws: Workspace, config: TrainConfig, subject: str | Path, *, name: str | None = None,
-                 device: str | None = None) -> Job:
-    """Queue a training job; its run directory will be ``runs/NNNN-name``."""
-    subject_dir = resolve_subject(ws, subject)
+                 device: str | None = None, confined: bool = False) -> Job:
+    """Queue a training job; its run directory will be ``runs/NNNN-name``.
+
+    ``confined`` (the web UI and its HTTP API): the subject and every model path in ``config`` must
+    resolve inside the data directory (see :mod:`studio.confine`).
+    """
+    subject_dir = resolve_subject(ws, subject, confined=confined)
+    if confined:
+        confine_refs([("base", config.base), ("base_config", config.base_config), ("vae", config.vae)], [ws.root])
     label = safe_name(name or subject_dir.name, "run")
     params = {"config": config_to_dict(config), "subject_dir": str(subject_dir)}
     return ws.store.add(
@@ -79,9 +92,23 @@ def training_job(ws: Workspace, ref: int | str) -> Job:
     return job
 
 
-def submit_eval(ws: Workspace, train_job: int | str, options: dict[str, Any] | None = None) -> Job:
-    """Queue an evaluation of a finished training job (writes RUN/eval/)."""
+def submit_eval(ws: Workspace, train_job: int | str, options: dict[str, Any] | None = None, *,
+                front: str = "api", confined: bool = False) -> Job:
+    """Queue an evaluation of a finished training job (writes RUN/eval/); sizes are checked now, against
+    :mod:`studio.limits` (``front`` names the controls in the message)."""
+    from studio.evaluation.defaults import GENERATION_BATCH_SIZE, IMAGES_PER_PROMPT
+    from studio.evaluation.protocol import check_evaluation_limits
+    from studio.sampling import GUIDANCE, STEPS
+
     parent = training_job(ws, train_job)
+    given = dict(options or {})
+    check_evaluation_limits(
+        images_per_prompt=given.get("images_per_prompt", IMAGES_PER_PROMPT), class_images=given.get("class_images"),
+        max_prompts=given.get("max_prompts"), steps=given.get("steps", STEPS), guidance=given.get("guidance", GUIDANCE),
+        batch_size=given.get("batch_size", GENERATION_BATCH_SIZE), front=front,
+    )
+    if confined:
+        confine_refs([("CLIP backbone", given.get("clip")), ("DINO backbone", given.get("dino"))], [ws.root])
     return ws.store.add("eval", parent.name, {"options": dict(options or {})}, device=parent.device,
                         run_dir=parent.run_dir, parent_id=parent.id)
 

@@ -191,10 +191,20 @@ def load_base(
 def load_configured_base(config) -> BaseModel:
     """The base a training configuration names, as its run uses it: with its ``vae`` override and,
     for a single-file base, its ``base_config`` folder."""
-    return load_base(config.base, vae=config.vae, single_file_config=config.base_config)
+    try:
+        return load_base(config.base, vae=config.vae, single_file_config=config.base_config,
+                         allow_pickle=bool(getattr(config, "allow_pickle", False)))
+    except PickleRefusedError as error:
+        # A run's models come from its settings, so the opt-in is the setting, not a command's flag.
+        text = str(error).replace(
+            "pass --allow-pickle if you trust its source",
+            "if you trust its source turn on the setting allow_pickle (studio train --allow-pickle, "
+            "--set allow_pickle=true, or allow_pickle in the web UI's Train tab)",
+        )
+        raise PickleRefusedError(text) from error
 
 
-def load_tokenizers(ref: str) -> list[Any]:
+def load_tokenizers(ref: str, *, allow_pickle: bool = False) -> list[Any]:
     """Only the tokenizer(s) of a base model: cheap, for identifier checks."""
     from transformers import CLIPTokenizer
 
@@ -210,4 +220,4 @@ def load_tokenizers(ref: str) -> list[Any]:
             raise ModelLoadError(
                 f"Could not load the tokenizer of '{ref}' ({type(error).__name__}); offline, use a local folder or 'tiny-sd'."
             ) from error
-    return [load_base(ref).pipeline.tokenizer]
+    return [load_base(ref, allow_pickle=allow_pickle).pipeline.tokenizer]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from studio import limits
+from studio.confine import confine
 from studio.errors import StudioError
 from studio.playground import Request
 from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
@@ -28,6 +31,17 @@ def parse_weights(text: str, count: int) -> list[float]:
     return (weights + [1.0] * count)[:count]
 
 
+def _number(value, control: str) -> float:
+    """A finite number from a control (an HTTP API caller can send anything)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise StudioError(f"{control} must be a number, not {str(value)[:40]!r}.") from None
+    if not math.isfinite(number):
+        raise StudioError(f"{control} must be a finite number, not {number}.")
+    return number
+
+
 def build(ctx: Context) -> GenerateTab:
     with gr.Row():
         runs = gr.Dropdown(ctx.run_choices(), multiselect=True, label="Trained runs", elem_id="gen-runs", scale=3, allow_custom_value=True,
@@ -38,7 +52,7 @@ def build(ctx: Context) -> GenerateTab:
     negative = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
     with gr.Row():
         guidance = gr.Slider(0, 20, value=GUIDANCE, step=0.5, label="Guidance", elem_id="gen-guidance")
-        steps = gr.Slider(1, 100, value=PLAYGROUND_STEPS, step=1, label="Steps", elem_id="gen-steps")
+        steps = gr.Slider(1, 100, value=PLAYGROUND_STEPS, step=1, label=limits.GENERATION_STEPS.control, elem_id="gen-steps")
         seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="gen-seed")
         compare = gr.Checkbox(True, label="Also the base model", elem_id="gen-compare")
     with gr.Accordion("Image to image", open=False):
@@ -63,11 +77,14 @@ def build(ctx: Context) -> GenerateTab:
 
     def on_generate(chosen, weights, prompt, negative, guidance, steps, seed, compare, init, strength):
         try:
+            limits.ADAPTERS.check(len(chosen or []), limits.UI)
             run_dirs = [ctx.ws.store.get(int(value)).run_dir for value in (chosen or [])]
-            request = Request(prompt or "", negative or "", float(guidance), int(steps), int(seed or 0),
-                              init, float(strength), bool(compare))
-            base, tuned = ctx.playground.generate(run_dirs, request, parse_weights(weights, len(run_dirs)))
-        except StudioError as error:
+            if init:  # an upload lives in the data dir; an API caller cannot point at other files
+                init = str(confine(init, [ctx.ws.root], what="start image", fix="Upload the image instead."))
+            request = Request(prompt or "", negative or "", _number(guidance, "Guidance"), int(_number(steps, "Steps")),
+                              int(_number(seed or 0, "Seed")), init, _number(strength, "Strength"), bool(compare))
+            base, tuned = ctx.playground.generate(run_dirs, request, parse_weights(weights, len(run_dirs)), front=limits.UI)
+        except (StudioError, ValueError) as error:
             raise gr.Error(str(error)) from error
         return base, tuned
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.confine import confine
 from studio.errors import StudioError
 from studio.identifiers import check_identifier, suggest_identifiers
 from studio.images import CROP_MODES
@@ -26,8 +27,10 @@ class SubjectTab:
     status: gr.Markdown
 
 
-def _paths(files) -> list[str]:
-    return [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
+def _paths(files, ctx: Context) -> list[str]:
+    """Uploaded files' paths, each confined to the data directory (an HTTP API caller cannot name /etc/...)."""
+    paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
+    return [str(confine(path, [ctx.ws.root], what="photo", fix="Upload the photo instead.")) for path in paths]
 
 
 def _upload_name(path: Path) -> str:
@@ -84,10 +87,10 @@ def build(ctx: Context) -> SubjectTab:
     status = gr.Markdown(elem_id="subject-status")
 
     def on_images(files, resolution, crop):
-        paths = _paths(files)
-        if not paths:
-            return [], ""
         try:
+            paths = _paths(files, ctx)
+            if not paths:
+                return [], ""
             validation = validate_images(paths, int(resolution or resolution_default), crop)
         except StudioError as error:
             return [], f"<p class='msg-error'>{html.escape(str(error))}</p>"
@@ -106,8 +109,8 @@ def build(ctx: Context) -> SubjectTab:
         return ("✅ " if result.ok else "⚠️ ") + result.message, gr.update(choices=result.suggestions, value=None)
 
     def on_create(files, name, identifier, class_noun, base, resolution, crop):
-        paths = _paths(files)
         try:
+            paths = _paths(files, ctx)
             if not (name or "").strip():
                 raise StudioError("Give the subject a name (it becomes the folder subjects/<name>).")
             tokenizers = None

@@ -73,7 +73,7 @@ def build(ctx: Context) -> TrainTab:
                 raise StudioError("Choose a subject first (create one in the Subject tab).")
             overrides = collect(settings, widget_values)
             config = load_config(None if recipe == NO_RECIPE else recipe, overrides)
-            job = submit_train(ctx.ws, config, subject, name=name or None)
+            job = submit_train(ctx.ws, config, subject, name=name or None, confined=True)
         except StudioError as error:
             return f"❌ {error}", None
         return f"✅ Queued {job.label}: {config.method}, {config.steps} steps on {config.base}.", job.id
