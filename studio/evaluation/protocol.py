@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from studio.atomic import atomic_dir, write_json
+from studio import limits
+from studio.atomic import atomic_dir, remove_stale_temporaries, write_json
 from studio.evaluation.backbones import DEFAULT_CLIP, DEFAULT_DINO, load_backbone
 from studio.evaluation.contact_sheet import SheetRow, write_contact_sheet
 from studio.evaluation.defaults import GENERATION_BATCH_SIZE, IMAGES_PER_PROMPT
@@ -28,6 +29,7 @@ from studio.evaluation.generation import GenerationSettings, ImageRequest, gener
 from studio.evaluation.prompts import EvalPrompt, build_prompts, is_live, resolve_templates
 from studio.evaluation.report import new_report
 from studio.evaluation.scoring import per_group_scores, score_embeddings
+from studio.runlock import run_lock
 from studio.sampling import GUIDANCE, STEPS
 
 EVAL_DIR = "eval"
@@ -114,6 +116,25 @@ def _sheet_rows(references: Sequence[Path], prompts: Sequence[EvalPrompt], root:
     return rows
 
 
+def check_evaluation_limits(*, images_per_prompt: int, class_images: int | None, max_prompts: int | None, steps: int,
+                            guidance: float, batch_size: int, front: str = limits.API) -> None:
+    """The evaluation sizes a user typed, against :mod:`studio.limits` (the CLI, the API and the web UI)."""
+    limits.EVAL_IMAGES_PER_PROMPT.check(images_per_prompt, front)
+    if class_images is not None:
+        limits.EVAL_CLASS_IMAGES.check(class_images, front)
+    if max_prompts is not None:
+        limits.EVAL_MAX_PROMPTS.check(max_prompts, front)
+    limits.EVAL_STEPS.check(steps, front)
+    limits.EVAL_GUIDANCE.check(guidance, front)
+    limits.EVAL_BATCH.check(batch_size, front)
+
+
+def _fresh_eval_dir(run_dir: Path) -> Path:
+    """RUN/eval, after removing what a killed evaluation left beside it (the caller holds the run lock)."""
+    remove_stale_temporaries(run_dir, EVAL_DIR)
+    return run_dir / EVAL_DIR
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -131,6 +152,7 @@ def evaluate_run(
     base: bool = True,
     device: str | None = None,
     allow_pickle: bool = False,
+    front: str = limits.API,
 ) -> dict[str, Any]:
     """Evaluate a finished run the DreamBooth way; write ``RUN/eval/`` and return the report.
 
@@ -141,10 +163,8 @@ def evaluate_run(
     to ``2 * images_per_prompt``; ``base=False`` skips the base-model comparison.
     """
     started = time.perf_counter()
-    for name, value, low in (("images per prompt", images_per_prompt, 1), ("steps", steps, 1),
-                             ("class images", class_images or 0, 0), ("batch size", batch_size, 1)):
-        if value < low:
-            raise EvaluationError(f"{name} must be at least {low}, not {value}.")
+    check_evaluation_limits(images_per_prompt=images_per_prompt, class_images=class_images, max_prompts=max_prompts,
+                            steps=steps, guidance=guidance, batch_size=batch_size, front=front)
     run_dir = Path(run_dir).expanduser()
     runs = _runs_api()
     run = _load_finished_run(run_dir)
@@ -169,7 +189,7 @@ def evaluate_run(
     base_requests = _requests(eval_prompts, seeds, "base") if base else []
     timing = {"generation_s": 0.0, "embedding_s": 0.0}
     report = new_report("run")
-    with atomic_dir(run_dir / EVAL_DIR, replace=True) as root:
+    with run_lock(run.directory, "eval"), atomic_dir(_fresh_eval_dir(run.directory), replace=True) as root:
         generation_started = time.perf_counter()
         pipe = _to_device(runs.personalised_pipeline(run), device)
         tuned = _generate(pipe, tuned_requests, settings, root, embedder, timing)
