@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from studio import limits
 from studio.errors import StudioError
 from studio.evaluation.defaults import IMAGES_PER_PROMPT
 from studio.jobs import jobs_of_run, submit_eval
@@ -63,10 +64,12 @@ def build(ctx: Context) -> EvaluateTab:
                                elem_id="eval-clip", info="tiny-clip works offline but only proves the pipeline.")
             dino = gr.Dropdown(dino_choices, value=dino_default, allow_custom_value=True, label="DINO backbone",
                                elem_id="eval-dino")
-            images_per_prompt = gr.Number(IMAGES_PER_PROMPT, precision=0, minimum=1, maximum=64, label="Images per prompt",
+            images_per_prompt = gr.Number(IMAGES_PER_PROMPT, precision=0, minimum=1, maximum=int(limits.EVAL_IMAGES_PER_PROMPT.maximum),
+                                          label=limits.EVAL_IMAGES_PER_PROMPT.control,
                                           elem_id="eval-images-per-prompt")
             max_prompts = gr.Number(0, precision=0, minimum=0, label="Prompts (0: all)", elem_id="eval-max-prompts")
-            steps = gr.Number(STEPS, precision=0, minimum=1, maximum=1000, label="Sampling steps", elem_id="eval-steps")
+            steps = gr.Number(STEPS, precision=0, minimum=1, maximum=int(limits.EVAL_STEPS.maximum), label=limits.EVAL_STEPS.control,
+                              elem_id="eval-steps")
     status = gr.Markdown(elem_id="eval-status")
     scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label="Scores (raw cosine, 0-1)")
     # One small chart per metric: Gradio's bar plot stacks bars of one x value, and stacked
@@ -87,10 +90,13 @@ def build(ctx: Context) -> EvaluateTab:
     def on_start(run, clip, dino, images_per_prompt, max_prompts, steps):
         if not run:
             return "❌ Choose a finished training job."
-        options = {"clip": clip, "dino": dino, "images_per_prompt": int(images_per_prompt or 4),
-                   "max_prompts": int(max_prompts) or None, "steps": int(steps or 30)}
         try:
-            job = submit_eval(ctx.ws, int(run), options)
+            options = {"clip": clip, "dino": dino, "images_per_prompt": int(images_per_prompt or 4),
+                       "max_prompts": int(max_prompts or 0) or None, "steps": int(steps or 30)}
+        except (TypeError, ValueError, OverflowError):
+            return "❌ Images per prompt, Prompts and Sampling steps must be whole numbers."
+        try:
+            job = submit_eval(ctx.ws, int(run), options, front="ui", confined=True)
         except StudioError as error:
             return f"❌ {error}"
         return f"Queued {job.label}; the results appear here when it finishes."
