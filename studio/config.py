@@ -41,12 +41,14 @@ def describe_allowed(item: dataclasses.Field) -> str:
 
 
 _SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 80, 80, 6, 6, 3
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 4, 4, 2
+SHORT_REPR_CHARS = 160
 
 
 def short_repr(value: Any) -> str:
     """A bounded repr for messages: a huge or deeply nested value never floods (or stalls) an error."""
-    return _SHORT.repr(value)
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHORT_REPR_CHARS else text[: SHORT_REPR_CHARS - 3] + "..."
 
 
 def coerce(item: dataclasses.Field, value: Any, *, source: str = "") -> Any:

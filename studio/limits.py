@@ -98,7 +98,7 @@ EVAL_IMAGES_PER_PROMPT = Limit("images_per_prompt", 1, 64, "images per prompt", 
 EVAL_CLASS_IMAGES = Limit("class_images", 0, 512, "class-prompt images for PRES", flag="--class-images",
                           control="Class images")
 EVAL_MAX_PROMPTS = Limit("max_prompts", 1, 1000, "prompts evaluated", flag="--max-prompts", control="Prompts (0: all)")
-EVAL_STEPS = Limit("steps", 1, 500, "sampling steps", flag="--steps", control="Steps")
+EVAL_STEPS = Limit("steps", 1, 500, "sampling steps", flag="--steps", control="Sampling steps")
 EVAL_GUIDANCE = Limit("guidance", 0, 50, "classifier-free guidance scale", flag="--guidance", control="Guidance")
 EVAL_BATCH = Limit("batch_size", 1, 64, "images generated per batch", flag="--batch-size", control="Batch size")
 

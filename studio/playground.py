@@ -102,8 +102,11 @@ class Playground:
         :mod:`studio.limits`; ``front`` says whose control names the messages use)."""
         import torch
 
-        from studio.generate import GenerationRequest
+        from studio.generate import GenerationRequest, check_request
 
+        check_request(GenerationRequest(  # limits first: nothing loads for a request that will be refused
+            prompt=request.prompt, negative_prompt=request.negative_prompt or None, guidance=request.guidance,
+            steps=request.steps, seed=request.seed, strength=request.strength), len(run_dirs), front)
         selection = select_runs(run_dirs, weights)
 
         def ask(prompt: str) -> GenerationRequest:

@@ -46,7 +46,7 @@ def resolve_subject(ws: Workspace, ref: str | Path, *, confined: bool = False) -
     """
     from studio.subjects import load_subject
 
-    named = ws.subject_dir(str(ref)) if str(ref).strip() else None
+    named = ws.subjects_dir / safe_name(str(ref), "subject") if str(ref).strip() else None  # confined below
     path = Path(ref).expanduser()
     if named is not None and (named / "subject.json").is_file() and (confined or not (path / "subject.json").is_file()):
         path = named
