@@ -43,7 +43,8 @@ class Run:
         if self.result is None:
             raise RunNotFinishedError(
                 f"Run {self.directory} has no finished result (no {RESULT_FILE}). Finish it with "
-                f"`studio train --resume {self.directory}` first."
+                f"`studio train --resume {self.directory}` first.",
+                browser=f"Run {self.directory.name} has not finished yet: resume it in the Jobs tab, then try again.",
             )
         return self.result
 

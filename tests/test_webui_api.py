@@ -119,7 +119,7 @@ def test_bad_photos_are_reported_per_file(ui, tmp_path):
     broken.write_bytes(b"not an image")
     files = [handle_file(p) for p in [*SAMPLE_IMAGES[:2], str(broken)]]
     status = ui.client().predict(files, "dupes", "sks", "toy", "tiny-sd", 64, "center", api_name="/create_subject")
-    assert status.startswith("❌ Cannot prepare the subject")
+    assert status.startswith("**Error:** Cannot prepare the subject")
     assert "\nbroken.png: is not an image" in status  # named as the person named it, not by the upload path
     assert not (ui.ws.subjects_dir / "dupes").exists()
 

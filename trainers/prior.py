@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from studio.atomic import atomic_file, write_json
 from studio.paths import class_images_cache_dir
+from studio.work_progress import track
 from trainers.samples import generate_seeded
 
 
@@ -62,6 +63,7 @@ def class_images(
     missing = [index for index, path in enumerate(paths) if not path.exists()]
     if missing:
         bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not show_progress)
+        tracker = track("generating class images", len(missing), "image")
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             images = generate_seeded(
@@ -71,5 +73,6 @@ def class_images(
                 with atomic_file(paths[index], ".png") as tmp:
                     image.save(tmp, format="PNG")
             bar.update(len(chunk))
+            tracker.advance(len(chunk), images=[paths[index] for index in chunk])
         bar.close()
     return paths

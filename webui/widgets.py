@@ -39,7 +39,12 @@ ACRONYMS = {"lora": "LoRA", "lr": "LR", "snr": "SNR", "ema": "EMA"}
 
 
 def label_for(item: dataclasses.Field) -> str:
-    words = item.name.split("_")
+    return label_for_name(item.name)
+
+
+def label_for_name(name: str) -> str:
+    """A setting's widget label: ``lr_warmup_steps`` -> ``LR warmup steps``."""
+    words = name.split("_")
     words = [ACRONYMS.get(w, w) for w in words]
     first = words[0] if words[0] in ACRONYMS.values() else words[0].capitalize()
     return " ".join([first, *words[1:]])

@@ -78,11 +78,15 @@ class Backbone:
 
 
 def _not_found(kind: str, ref: str, why: str) -> ModelLoadError:
+    browser_why = why.split("; it may only have pickle")[0]
     return ModelLoadError(
         f"{kind.upper()} backbone '{ref}' {why}. Fix: pass {_FLAG[kind]} with a local folder "
         f"(a downloaded copy, or one written by `studio models materialize {_TINY[kind]} DIR`), a Hub id "
         f"that is cached or reachable, or {_FLAG[kind]} {_TINY[kind]} for an offline smoke test "
-        "(its scores are not meaningful)."
+        "(its scores are not meaningful).",
+        browser=f"{kind.upper()} backbone '{ref}' {browser_why}. Fix: in the evaluation settings, choose a local "
+                f"folder with its weights, a Hub id that is cached or reachable, or {_TINY[kind]} (built in, offline; "
+                "it compares runs here but not with the paper's figures).",
     )
 
 

@@ -31,6 +31,7 @@ from studio.evaluation.report import new_report
 from studio.evaluation.scoring import per_group_scores, score_embeddings
 from studio.runlock import run_lock
 from studio.sampling import GUIDANCE, STEPS
+from studio.work_progress import Tracker, track
 
 EVAL_DIR = "eval"
 REPORT_FILE = "report.json"
@@ -72,15 +73,18 @@ def _requests(prompts: Sequence[EvalPrompt], seeds: Sequence[int], role: str) ->
 
 
 def _generate(pipe: Any, requests: list[ImageRequest], settings: GenerationSettings, root: Path,
-              embedder: Embedder, timing: dict[str, float]) -> Embeddings:
+              embedder: Embedder, timing: dict[str, float], tracker: Tracker) -> Embeddings:
     """Generate, save and embed batch by batch; the images never all sit in memory at once."""
     parts = []
-    for chunk, images in generate_batches(pipe, requests, settings, f"generating {requests[0].role} images"):
+    description = f"generating {requests[0].role} images"
+    tracker.update.phase = description
+    for chunk, images in generate_batches(pipe, requests, settings, description):
         started = time.perf_counter()
         for request, image in zip(chunk, images, strict=True):
             target = root / request.path
             target.parent.mkdir(parents=True, exist_ok=True)
             image.save(target, format="PNG")
+        tracker.advance(len(chunk), images=[root / request.path for request in chunk])
         parts.append(embedder.embed_images(images))
         timing["embedding_s"] += time.perf_counter() - started
     return Embeddings.cat(parts)
@@ -189,18 +193,20 @@ def evaluate_run(
     base_requests = _requests(eval_prompts, seeds, "base") if base else []
     timing = {"generation_s": 0.0, "embedding_s": 0.0}
     report = new_report("run")
+    tracker = track("loading models", len(tuned_requests) + len(class_requests) + len(base_requests), "image")
     with run_lock(run.directory, "eval"), atomic_dir(_fresh_eval_dir(run.directory), replace=True) as root:
         generation_started = time.perf_counter()
         pipe = _to_device(runs.personalised_pipeline(run), device)
-        tuned = _generate(pipe, tuned_requests, settings, root, embedder, timing)
-        classes = _generate(pipe, class_requests, settings, root, embedder, timing) if class_requests else None
+        tuned = _generate(pipe, tuned_requests, settings, root, embedder, timing, tracker)
+        classes = _generate(pipe, class_requests, settings, root, embedder, timing, tracker) if class_requests else None
         scheduler = type(getattr(pipe, "scheduler", None)).__name__
         del pipe
         gc.collect()
         base_emb = None
         if base_requests:
             pipe = _to_device(runs.base_pipeline(run), device)
-            base_emb = _generate(pipe, base_requests, settings, root, embedder, timing)
+            tracker.update.phase = "loading the base model"
+            base_emb = _generate(pipe, base_requests, settings, root, embedder, timing, tracker)
             del pipe
             gc.collect()
         timing["generation_s"] = time.perf_counter() - generation_started - timing["embedding_s"]

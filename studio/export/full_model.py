@@ -44,7 +44,9 @@ def single_file_state(pipe, family) -> dict[str, torch.Tensor]:
     if family.name != "sd1":
         raise StudioError(
             f"Single-file export supports SD1.x and SDXL checkpoints; this is {family.name} (its OpenCLIP text "
-            "encoder uses another layout). Export --format diffusers instead."
+            "encoder uses another layout). Export --format diffusers instead.",
+            browser=f"The single-file format supports SD1.x and SDXL checkpoints; this is {family.name}. "
+                    "Tick the diffusers format instead.",
         )
     state = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     state |= vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)

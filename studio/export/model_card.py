@@ -105,10 +105,10 @@ def render_card(info: dict[str, Any]) -> str:
             lines.append(f"| {key} | {info['settings'][key]} |")
     lines += ["", "## Evaluation", ""]
     if info.get("scores"):
-        lines += ["From the run's evaluation report (`eval/report.json`, DreamBooth protocol, raw cosines 0-1):", ""]
+        lines += ["From the run's evaluation report (`eval/report.json`, DreamBooth protocol, cosine similarities):", ""]
         lines += _scores_table(info["scores"])
     else:
-        lines.append("Not evaluated yet (run `studio eval RUN`, then export again to include the scores).")
+        lines.append("Not evaluated yet: evaluate the run (Studio's Evaluate tab, or `studio eval RUN`), then export again to include the scores.")
     lines += ["", "## Files", "", "| file | format | loads in | verified |", "|---|---|---|---|"]
     for item in info["files"]:
         lines.append(f"| `{item['path']}` | {item['format']} | {item['consumer']} | {item['check']} |")

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from studio.environment.check import require_working_environment
-from studio.errors import StudioError
+from studio.errors import StudioError, message_for
 from studio.jobs.db import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobStore
+from studio.jobs.progress import ProgressFile, progress_path
+from studio.jobs.workspace import Workspace
+from studio.work_progress import reporting_to
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 3
 
@@ -98,9 +101,12 @@ def execute(store: JobStore, job_id: int) -> int:
             raise _Stop
 
         signal.signal(signal.SIGTERM, stop)
+    progress = progress_path(job.id, Workspace(Path(store.path).parent, store).logs_dir)
+    progress.unlink(missing_ok=True)
     try:
         require_working_environment()  # the same check and message as the CLI's, before any work
-        RUNNERS[job.kind](job)
+        with reporting_to(ProgressFile(progress)):  # evaluation, export and class images report here
+            RUNNERS[job.kind](job)
     except (KeyboardInterrupt, _Stop) as error:
         return _record(store, job, CANCELLED, "cancelled by the user", EXIT_CANCELLED, error)
     except StudioError as error:
@@ -108,7 +114,8 @@ def execute(store: JobStore, job_id: int) -> int:
         if cancelled:
             return _record(store, job, CANCELLED, "cancelled by the user; resumable from its last checkpoint",
                            EXIT_CANCELLED, error)
-        return _record(store, job, FAILED, str(error), EXIT_FAILED, error)
+        # The queue is the web UI's: a job's reason speaks the browser's language (controls, not flags).
+        return _record(store, job, FAILED, message_for(error, "browser"), EXIT_FAILED, error)
     except Exception as error:  # anything else is a bug or an environment problem; keep the traceback
         traceback.print_exc()
         return _record(store, job, FAILED, f"{type(error).__name__}: {error}", EXIT_FAILED, error)

@@ -47,7 +47,9 @@ def refuse_pickle(path: Path, allow_pickle: bool) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise PickleRefusedError(
             f"{path} is a pickle file ({path.suffix}); loading it can run arbitrary code. "
-            "Convert it to .safetensors, or pass --allow-pickle if you trust its source."
+            "Convert it to .safetensors, or pass --allow-pickle if you trust its source.",
+            browser=f"{path.name} is a pickle file ({path.suffix}); loading it can run arbitrary code, and the web UI "
+                    "never does. Convert it to .safetensors and choose that file instead.",
         )
 
 
@@ -89,7 +91,9 @@ def _folder_pipeline(path: Path, allow_pickle: bool, torch_dtype):
         if not allow_pickle and "safetensors" in str(error).lower():
             raise PickleRefusedError(
                 f"{path} has no .safetensors weights (only pickle .bin files). Convert them, "
-                "or pass --allow-pickle if you trust its source."
+                "or pass --allow-pickle if you trust its source.",
+                browser=f"{path.name} has no .safetensors weights (only pickle .bin files), and the web UI never loads "
+                        "pickle files. Convert them to .safetensors first.",
             ) from error
         raise ModelLoadError(f"Could not load the diffusers folder {path}: {error}") from error
 
@@ -111,7 +115,9 @@ def _single_file_pipeline(path: Path, allow_pickle: bool, torch_dtype, config: s
         elif not any(k.startswith("model.diffusion_model.") for k in keys):
             raise ModelLoadError(
                 f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' keys). "
-                "LoRA or embedding files are adapters: pass them with --adapter, not as the base model."
+                "LoRA or embedding files are adapters: pass them with --adapter, not as the base model.",
+                browser=f"{path.name} is not a Stable Diffusion checkpoint. LoRA or embedding files are adapters, "
+                        "not base models: train or import them as runs and pick them under Trained runs.",
             )
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None:

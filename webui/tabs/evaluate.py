@@ -6,6 +6,7 @@ this tab only reads RUN/eval/report.json and RUN/eval/contact_sheet.png when the
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pandas as pd
 from studio import limits
 from studio.errors import StudioError
 from studio.evaluation.defaults import IMAGES_PER_PROMPT
-from studio.jobs import jobs_of_run, submit_eval
+from studio.evaluation.readings import SCALE, backbone_badge, reading_lines
+from studio.jobs import job_progress, jobs_of_run, submit_eval
 from studio.jobs.catalog import backbone_choices
 from studio.jobs.reports import (
     LOWER_IS_BETTER,
@@ -27,6 +29,8 @@ from studio.jobs.reports import (
 )
 from studio.sampling import STEPS
 from webui.context import Context
+from webui.messages import for_browser
+from webui.tabs.jobs import job_images, progress_html
 
 SCORE_COLUMNS = ["model", "role", *[METRIC_LABELS[m] for m in METRICS]]
 
@@ -71,7 +75,11 @@ def build(ctx: Context) -> EvaluateTab:
             steps = gr.Number(STEPS, precision=0, minimum=1, maximum=int(limits.EVAL_STEPS.maximum), label=limits.EVAL_STEPS.control,
                               elem_id="eval-steps")
     status = gr.Markdown(elem_id="eval-status")
-    scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label="Scores (raw cosine, 0-1)")
+    progress = gr.HTML(elem_id="eval-progress")
+    made = gr.Gallery(label="Images made so far (newest first)", columns=6, height=200, elem_id="eval-images",
+                      interactive=False, visible=False)
+    badge = gr.Markdown(elem_id="eval-badge", visible=False, elem_classes=["score-badge"])
+    scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label=f"Scores ({SCALE})")
     # One small chart per metric: Gradio's bar plot stacks bars of one x value, and stacked
     # similarity scores would read as sums.
     with gr.Row(elem_id="eval-chart"):
@@ -82,55 +90,63 @@ def build(ctx: Context) -> EvaluateTab:
             for m in METRICS
         ]
     sheet = gr.Image(label="Contact sheet", elem_id="eval-sheet", interactive=False, type="filepath")
-    gr.Markdown(f"Higher is better, except {', '.join(METRIC_LABELS[m] for m in LOWER_IS_BETTER)} "
-                "(the model forgetting its class). The base model is the untrained one, prompted without the identifier.")
+    gr.Markdown("\n".join(f"- {line}" for line in reading_lines(METRICS))
+                + "\n\nThe base model is the untrained one, prompted without the identifier.", elem_id="eval-readings")
 
-    outputs = [run, status, scores, *charts, sheet, seen]
+    outputs = [run, status, progress, made, badge, scores, *charts, sheet, seen]
+    unchanged = (gr.skip(),) * (len(outputs) - 1)
 
     def on_start(run, clip, dino, images_per_prompt, max_prompts, steps):
         if not run:
-            return "❌ Choose a finished training job."
+            return "Choose a finished training job first."
         try:
             options = {"clip": clip, "dino": dino, "images_per_prompt": int(images_per_prompt or 4),
                        "max_prompts": int(max_prompts or 0) or None, "steps": int(steps or 30)}
         except (TypeError, ValueError, OverflowError):
-            return "❌ Images per prompt, Prompts and Sampling steps must be whole numbers."
+            return "**Error:** Images per prompt, Prompts and Sampling steps must be whole numbers."
         try:
             job = submit_eval(ctx.ws, int(run), options, front="ui", confined=True)
         except StudioError as error:
-            return f"❌ {error}"
-        return f"Queued {job.label}; the results appear here when it finishes."
+            return for_browser(error)
+        return f"Queued {job.label}; its progress and images appear below, the scores when it finishes."
 
     def refresh(run, seen):
         if not run:
             choices = ctx.run_choices()
             if choices == seen:
-                return (gr.skip(),) * (len(outputs) - 1) + (seen,)
-            return gr.update(choices=choices), *([gr.skip()] * (len(outputs) - 2)), choices
+                return unchanged + (seen,)
+            return gr.update(choices=choices), *unchanged[1:], choices
         try:
             train_job = ctx.ws.store.get(int(run))
         except (StudioError, ValueError):
-            return gr.skip(), "", *([gr.skip()] * (len(outputs) - 3)), seen
+            return gr.skip(), "", *unchanged[2:], seen
         evals = jobs_of_run(ctx.ws, train_job.id, "eval")
         report_path = Path(train_job.run_dir) / "eval" / "report.json"
         stamp = report_path.stat().st_mtime if report_path.is_file() else None
         rows = comparison(ctx.ws, train_job) if stamp else []
-        signature = (run, [(j.id, j.state) for j in evals], stamp, [(r.label, r.scores) for r in rows])
-        if signature == seen:
-            return (gr.skip(),) * (len(outputs) - 1) + (seen,)
         latest = evals[0] if evals else None
+        snap = job_progress(latest, ctx.ws.logs_dir, log_lines=0) if latest is not None else None
+        bar = progress_html(snap) if snap is not None and latest.state != "finished" else ""
+        pictures = job_images(snap) if snap is not None and latest.active else []
+        signature = (run, [(j.id, j.state) for j in evals], stamp, [(r.label, r.scores) for r in rows], bar, pictures)
+        if signature == seen:
+            return unchanged + (seen,)
         if latest is None:
             text = "Not evaluated yet." if not stamp else "Evaluated outside this queue (report found)."
         else:
-            text = f"{latest.label}: **{latest.state}**" + (f" — {latest.reason}" if latest.reason else "")
-        if stamp and read_report(train_job.run_dir) is not None:
+            text = f"{latest.label}: **{latest.state}**" + (f": {html.escape(latest.reason)}" if latest.reason else "")
+        live = (bar, gr.update(value=pictures, visible=bool(pictures)))
+        report = read_report(train_job.run_dir) if stamp else None
+        if report is not None:
+            note = backbone_badge(report)
             table = pd.DataFrame([[r.label, r.role, *[_fmt(r.scores.get(m)) for m in METRICS]] for r in rows],
                                  columns=SCORE_COLUMNS)
             plots = [_metric_plot(rows, m) for m in METRICS]
             image = contact_sheet(train_job.run_dir)
-            return gr.skip(), text, table, *plots, str(image) if image else None, signature
+            return (gr.skip(), text, *live, gr.update(value=note, visible=bool(note)), table, *plots,
+                    str(image) if image else None, signature)
         empty = pd.DataFrame(columns=SCORE_COLUMNS)
-        return gr.skip(), text, empty, *([None] * len(METRICS)), None, signature
+        return gr.skip(), text, *live, gr.update(visible=False), empty, *([None] * len(METRICS)), None, signature
 
     start.click(on_start, [run, clip, dino, images_per_prompt, max_prompts, steps], status, api_name="start_eval")
     timer.tick(refresh, [run, seen], outputs, show_progress="hidden", api_name=False)

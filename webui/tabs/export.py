@@ -16,6 +16,7 @@ from studio.jobs import jobs_of_run, submit_export
 from studio.jobs.catalog import export_formats
 from studio.jobs.reports import exported_files, model_card
 from webui.context import Context
+from webui.messages import for_browser
 
 
 @dataclass
@@ -38,11 +39,11 @@ def build(ctx: Context) -> ExportTab:
 
     def on_start(run, chosen):
         if not run:
-            return "❌ Choose a finished training job."
+            return "Choose a finished training job first."
         try:
             job = submit_export(ctx.ws, int(run), list(chosen or []))
         except StudioError as error:
-            return f"❌ {error}"
+            return f"**Error:** {for_browser(error)}"
         return f"Queued {job.label}; the files appear here when it finishes."
 
     def on_run(run):

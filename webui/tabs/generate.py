@@ -15,6 +15,7 @@ from studio.errors import StudioError
 from studio.playground import Request
 from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
 from webui.context import Context
+from webui.messages import browser_text
 
 
 @dataclass
@@ -85,7 +86,7 @@ def build(ctx: Context) -> GenerateTab:
                               int(_number(seed or 0, "Seed")), init, _number(strength, "Strength"), bool(compare))
             base, tuned = ctx.playground.generate(run_dirs, request, parse_weights(weights, len(run_dirs)), front=limits.UI)
         except (StudioError, ValueError) as error:
-            raise gr.Error(str(error)) from error
+            raise gr.Error(browser_text(error)) from error
         return base, tuned
 
     runs.focus(lambda: gr.update(choices=ctx.run_choices()), None, runs, api_name=False)

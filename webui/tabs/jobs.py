@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -17,6 +18,7 @@ from studio.errors import StudioError
 from studio.jobs import RESUMABLE_STATES, cancel, job_progress, resume
 from studio.jobs.progress import JobProgress, progress_dict
 from webui.context import Context
+from webui.messages import browser_text
 
 POLL_S = 1.0
 LOG_LINES = 14
@@ -34,12 +36,32 @@ def progress_html(progress: JobProgress | None) -> str:
     if progress is None:
         return "<div class='job-progress' data-state='none'>No job selected.</div>"
     percent = round(100 * progress.fraction, 1)
+    done, total = (progress.step, progress.total) if progress.in_steps or progress.work is None else (
+        progress.work.done, progress.work.total)
+    stalled = " data-stalled='1'" if progress.stalled() else ""
     return (
-        f"<div class='job-progress' data-state='{progress.job.state}' data-step='{progress.step}' "
-        f"data-total='{progress.total}'>"
+        f"<div class='job-progress' data-state='{progress.job.state}' data-kind='{progress.job.kind}' "
+        f"data-done='{done}' data-total='{total}' data-step='{progress.step}'{stalled}>"
         f"<div class='job-bar'><div class='job-fill state-{progress.job.state}' style='width:{percent}%'></div></div>"
         f"<div class='job-text'>{html.escape(progress.job.label)} · {html.escape(progress.summary())}</div></div>"
     )
+
+
+def job_images(progress: JobProgress | None) -> list[tuple[str, str]]:
+    """What the job has made so far, newest first: validation samples, or images of other work."""
+    if progress is None:
+        return []
+    if progress.work is not None and not progress.in_steps:
+        found = [path for path in progress.work.images if Path(path).is_file()]
+        return [(path, Path(path).name) for path in reversed(found)]
+    return [(str(s.path), f"step {s.step}: {s.prompt}") for s in reversed(progress.samples)]
+
+
+def default_job(jobs) -> str | None:
+    """The job to show when none is chosen: the running one, else the newest."""
+    running = next((j for j in jobs if j.state == "running"), None)
+    chosen = running or (jobs[0] if jobs else None)
+    return str(chosen.id) if chosen else None
 
 
 def job_choices(jobs) -> list[tuple[str, str]]:
@@ -64,7 +86,7 @@ def build(ctx: Context) -> JobsTab:
     with gr.Row():
         loss = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", title="Training loss",
                            elem_id="loss-plot", label="Loss")
-        samples = gr.Gallery(label="Validation samples (newest first)", columns=4, height=300, elem_id="job-samples",
+        samples = gr.Gallery(label="Images made so far (newest first)", columns=4, height=300, elem_id="job-samples",
                              interactive=False)
     log = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, autoscroll=True,
                      elem_id="job-log")
@@ -80,8 +102,8 @@ def build(ctx: Context) -> JobsTab:
             seen["listing"] = listing
             updates["table"] = pd.DataFrame([_row(j) for j in jobs], columns=TABLE_HEADERS)
             choices = job_choices(jobs)
-            if not selected and jobs:
-                selected = str(jobs[0].id)
+            if not selected:
+                selected = default_job(jobs)
             updates["select"] = gr.update(choices=choices, value=selected)
         job = next((j for j in jobs if str(j.id) == str(selected)), None)
         snap = job_progress(job, ctx.ws.logs_dir, log_lines=LOG_LINES) if job else None
@@ -97,10 +119,10 @@ def build(ctx: Context) -> JobsTab:
         if seen.get("loss") != (key, len(losses)):
             seen["loss"] = (key, len(losses))
             updates["loss"] = pd.DataFrame(losses or [], columns=["step", "loss"])
-        sample_paths = [str(s.path) for s in snap.samples] if snap else []
-        if seen.get("samples") != (key, sample_paths):
-            seen["samples"] = (key, sample_paths)
-            updates["samples"] = [(str(s.path), f"step {s.step}: {s.prompt}") for s in reversed(snap.samples)] if snap else []
+        pictures = job_images(snap)
+        if seen.get("samples") != (key, pictures):
+            seen["samples"] = (key, pictures)
+            updates["samples"] = pictures
         log_text = snap.log_tail if snap else ""
         if seen.get("log") != (key, log_text):
             seen["log"] = (key, log_text)
@@ -118,7 +140,7 @@ def build(ctx: Context) -> JobsTab:
         try:
             job = action(ctx.ws, int(selected))
         except StudioError as error:
-            gr.Warning(str(error))
+            gr.Warning(browser_text(error))
             return
         gr.Info(f"{job.label}: {'cancel requested' if job.state == 'running' else job.state}.")
 

@@ -17,6 +17,7 @@ from studio.jobs.catalog import DEFAULT_BASE, base_model_choices
 from studio.settings import declaration, default_value
 from studio.subjects import prepare_subject, validate_images
 from webui.context import Context
+from webui.messages import browser_text, counted, for_browser
 
 
 @dataclass
@@ -93,7 +94,7 @@ def build(ctx: Context) -> SubjectTab:
                 return [], ""
             validation = validate_images(paths, int(resolution or resolution_default), crop)
         except StudioError as error:
-            return [], f"<p class='msg-error'>{html.escape(str(error))}</p>"
+            return [], f"<p class='msg-error'>{for_browser(error)}</p>"
         gallery = [(item.image, _upload_name(item.path)) for item in validation.accepted]
         return gallery, messages_html(validation.messages, lambda text: short_upload_paths(text, ctx))
 
@@ -101,12 +102,12 @@ def build(ctx: Context) -> SubjectTab:
         try:
             tokenizer = ctx.tokenizers(base or DEFAULT_BASE)[0]
         except (StudioError, IndexError) as error:
-            return f"Could not load the tokenizer of {base}: {error}", gr.update(choices=[])
+            return f"Could not load the tokenizer of {html.escape(str(base))}: {for_browser(error)}", gr.update(choices=[])
         if not (identifier or "").strip():
             choices = suggest_identifiers(tokenizer)
             return "Pick a rare token below.", gr.update(choices=choices, value=None)
         result = check_identifier(tokenizer, identifier.strip())
-        return ("✅ " if result.ok else "⚠️ ") + result.message, gr.update(choices=result.suggestions, value=None)
+        return ("**OK:** " if result.ok else "**Note:** ") + html.escape(result.message), gr.update(choices=result.suggestions, value=None)
 
     def on_create(files, name, identifier, class_noun, base, resolution, crop):
         try:
@@ -117,14 +118,14 @@ def build(ctx: Context) -> SubjectTab:
             try:
                 tokenizers = ctx.tokenizers(base or DEFAULT_BASE)
             except StudioError as error:
-                gr.Warning(f"The identifier was not checked: {error}")
+                gr.Warning(f"The identifier was not checked: {browser_text(error)}")
             subject = prepare_subject(paths, identifier, class_noun, ctx.ws.subject_dir(name),
                                       resolution=int(resolution or resolution_default), crop=crop,
                                       tokenizer=tokenizers)
         except StudioError as error:
-            return f"❌ {short_upload_paths(str(error), ctx)}"
+            return f"**Error:** {short_upload_paths(for_browser(error), ctx)}"
         warnings = "".join(f"\n- {html.escape(w)}" for w in subject.warnings)
-        return (f"✅ Subject **{subject.directory.name}** created: {len(subject.image_paths)} images at "
+        return (f"**Done:** subject **{subject.directory.name}** created: {counted(len(subject.image_paths), 'image')} at "
                 f"{subject.resolution} px, instance prompt “{subject.instance_prompt}”." + warnings)
 
     for trigger in (files.change, resolution.change, crop.change):

@@ -12,6 +12,7 @@ from studio.errors import StudioError
 from studio.jobs import submit_train
 from studio.jobs.catalog import base_model_choices
 from webui.context import Context
+from webui.messages import browser_text, for_browser
 from webui.widgets import SettingWidgets, collect, setting_widgets, value_updates, visibility_updates
 
 DEFAULT_RECIPE = "tiny-lora"
@@ -59,7 +60,7 @@ def build(ctx: Context) -> TrainTab:
             values = _recipe_values(recipe)
             description = recipe_description(recipe) if recipe != NO_RECIPE else ""
         except StudioError as error:
-            gr.Warning(str(error))
+            gr.Warning(browser_text(error))
             return [gr.skip()] * (1 + len(settings.fields))
         return [description, *value_updates(settings, values)]
 
@@ -75,8 +76,8 @@ def build(ctx: Context) -> TrainTab:
             config = load_config(None if recipe == NO_RECIPE else recipe, overrides)
             job = submit_train(ctx.ws, config, subject, name=name or None, confined=True)
         except StudioError as error:
-            return f"❌ {error}", None
-        return f"✅ Queued {job.label}: {config.method}, {config.steps} steps on {config.base}.", job.id
+            return f"**Error:** {for_browser(error)}", None
+        return f"**Queued** {job.label}: {config.method}, {config.steps} steps on {config.base}.", job.id
 
     refresh.click(lambda: gr.update(choices=subject_choices(ctx)), None, subject, api_name=False)
     subject.focus(lambda: gr.update(choices=subject_choices(ctx)), None, subject, api_name=False)
