@@ -142,8 +142,8 @@ def discard_run_dir(run_dir: Path, *, keep_folder: bool) -> None:
     if not run_dir.is_dir():
         return
     clear_contents(run_dir)
+    (run_dir / LOCK_FILE).unlink(missing_ok=True)
     if not keep_folder:
-        (run_dir / LOCK_FILE).unlink(missing_ok=True)
         try:
             run_dir.rmdir()
         except OSError:

@@ -95,11 +95,11 @@ def test_missing_or_empty_subject(tmp_path):
 
 def test_failure_is_recorded(sample_subject, tmp_path):
     run = tmp_path / "run"
+    seen: list[dict] = []
     with pytest.raises(StudioError, match="not-a-model"):
-        trainers.train(tiny_config("lora", base="not-a-model"), sample_subject, run)
-    events = read_events(run)
-    assert events[-1]["type"] == "failed" and "not-a-model" in events[-1]["reason"]
-    assert not (run / "result.json").exists()
+        trainers.train(tiny_config("lora", base="not-a-model"), sample_subject, run, listener=seen.append)
+    assert seen[-1]["type"] == "failed" and "not-a-model" in seen[-1]["reason"]
+    assert not run.exists()  # a failed start leaves nothing that blocks the same --out (issue 13)
 
 
 def test_cli_train_and_resume(sample_subject, tmp_path, capsys):

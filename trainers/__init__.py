@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from studio.environment.check import require_working_environment
+from studio.errors import RunBusyError
 from studio.rundir import claimable, discard_run_dir
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
@@ -56,6 +57,8 @@ def train(
                 prepare_run_dir(config, Path(subject_dir), run_dir)
             except Exception as error:
                 failure = error
+                if not existed and not isinstance(error, RunBusyError):  # the lock made the folder: remove it
+                    discard_run_dir(run_dir, keep_folder=False)
         state.wait_for_everyone()
         if failure is not None:
             raise failure
