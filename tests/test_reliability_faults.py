@@ -189,12 +189,11 @@ def test_a_second_process_on_a_busy_run_is_refused(sample_subject, tmp_path):
     assert second.returncode == 2 and f"Run {run} is busy: a resume (process {first.pid})" in err
     with pytest.raises(RunBusyError):
         trainers.resume(run)
-    with pytest.raises(RunBusyError):
-        from studio.export import export_run
-
-        export_run(run, "all", tmp_path / "export")
-    first.send_signal(signal.SIGTERM)  # a plain kill: checkpoint, "cancelled", exit 130
-    assert first.wait(timeout=300) == 130
+    with pytest.raises(RunBusyError, match="busy"), run_lock(run, "export"):  # what export and eval take
+        pass
+    first.send_signal(signal.SIGTERM)  # a plain kill: checkpoint, record "cancelled", say how to resume
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 2 and "Training cancelled at step" in err and "--resume" in err
     assert read_events(run)[-1]["type"] == "cancelled" and not is_locked(run)
 
 
@@ -239,15 +238,18 @@ def test_signals_during_export_leave_no_temporaries(tiny_lora_run, tmp_path):
     """kill -9 leaves a hidden temporary; the next export of that folder removes it; SIGTERM removes its own."""
     out = tmp_path / "export"
 
-    def interrupted(sig: int) -> None:
+    def interrupted(sig: int) -> subprocess.Popen:
+        before = set(stale_temporaries(tmp_path, "export"))
         export = studio("export", str(tiny_lora_run), "--out", str(out))
-        wait_until(lambda: stale_temporaries(tmp_path, "export") or export.poll() is not None, what="the export's temporary")
+        wait_until(lambda: set(stale_temporaries(tmp_path, "export")) - before or export.poll() is not None,
+                   what="the export's own temporary")
         export.send_signal(sig)
         export.wait(timeout=120)
+        return export
 
-    interrupted(signal.SIGKILL)
+    assert interrupted(signal.SIGKILL).returncode == -signal.SIGKILL
     assert len(stale_temporaries(tmp_path, "export")) == 1 and not out.exists()
-    interrupted(signal.SIGTERM)
+    assert interrupted(signal.SIGTERM).returncode == 130  # unwound like Ctrl-C: "interrupted"
     assert stale_temporaries(tmp_path, "export") == [] and not out.exists()
 
 
