@@ -9,6 +9,7 @@ once personalised and once with the base model and the prompt without the subjec
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ class Request:
     init_image: Any = None
     strength: float = IMG2IMG_STRENGTH
     compare_base: bool = True
+    width: int | None = None  # None: the run's training resolution (img2img too: the start image is resized)
+    height: int | None = None
 
 
 def strip_tokens(prompt: str, tokens: list[str]) -> str:
@@ -100,13 +103,22 @@ class Playground:
                  front: str = "api") -> tuple[Any, Any]:
         """``(base image or None, personalised image)`` for ``request`` with the chosen runs (checked against
         :mod:`studio.limits`; ``front`` says whose control names the messages use)."""
+        made = dict(self.generate_each(run_dirs, request, weights, front=front))
+        return made.get("base"), made["personalised"]
+
+    def generate_each(self, run_dirs: list[str | Path], request: Request, weights: list[float] | None = None, *,
+                      front: str = "api", progress: Callable[[str, int, int], None] | None = None,
+                      ) -> Iterator[tuple[str, Any]]:
+        """Yield ``("personalised", image)`` and then, when asked for, ``("base", image)``, each as soon as it
+        is made; ``progress(role, step, steps)`` follows the denoising steps."""
         import torch
 
         from studio.generate import GenerationRequest, check_request
 
         check_request(GenerationRequest(  # limits first: nothing loads for a request that will be refused
             prompt=request.prompt, negative_prompt=request.negative_prompt or None, guidance=request.guidance,
-            steps=request.steps, seed=request.seed, strength=request.strength), len(run_dirs), front)
+            steps=request.steps, seed=request.seed, strength=request.strength, width=request.width,
+            height=request.height), len(run_dirs), front)
         selection = select_runs(run_dirs, weights)
 
         def ask(prompt: str) -> GenerationRequest:
@@ -114,17 +126,22 @@ class Playground:
                 prompt=prompt, negative_prompt=request.negative_prompt or None, guidance=float(request.guidance),
                 steps=int(request.steps), seed=int(request.seed), init_image=request.init_image,
                 strength=float(request.strength),
-                width=None if request.init_image is not None else selection.resolution,
-                height=None if request.init_image is not None else selection.resolution,
+                width=int(request.width or selection.resolution), height=int(request.height or selection.resolution),
             )
+
+        def steps_of(role: str):
+            return None if progress is None else (lambda step, total: progress(role, step, total))
 
         try:
             options = {"front": front, "allow_pickle": selection.allow_pickle}
-            tuned = self.personalised.generate(selection.base, ask(request.prompt), selection.adapters, **options).images[0]
-            base = None
+            yield "personalised", self.personalised.generate(
+                selection.base, ask(request.prompt), selection.adapters, progress=steps_of("personalised"), **options,
+            ).images[0]
             if request.compare_base:
                 plain = strip_tokens(request.prompt, selection.tokens) or request.prompt
-                base = self._base(selection).generate(selection.original_base, ask(plain), [], **options).images[0]
+                yield "base", self._base(selection).generate(
+                    selection.original_base, ask(plain), [], progress=steps_of("base"), **options,
+                ).images[0]
         except torch.OutOfMemoryError as error:
-            raise StudioError("Out of memory while generating; lower the steps, or wait for the running job to finish.") from error
-        return base, tuned
+            raise StudioError("Out of memory while generating; lower the size or the steps, or wait for the running "
+                              "job to finish.") from error

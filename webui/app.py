@@ -14,6 +14,7 @@ import gradio as gr
 
 from studio.jobs import Dispatcher, Workspace
 from studio.limits import UPLOAD_MB
+from webui import url_state
 from webui.context import Context
 from webui.tabs import evaluate, export, generate, jobs, subject, train
 
@@ -39,18 +40,21 @@ def build_app(ctx: Context) -> gr.Blocks:
         gr.Markdown("# Studio\nPersonalise a text-to-image model: subject → train → evaluate → export → generate.")
         environment = gr.Markdown(elem_id="environment-problems", visible=False)
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("Subject", id="subject", elem_id="tab-subject"):
+            with gr.Tab("Subject", id="subject", elem_id="tab-subject") as subject_page:
                 subject_tab = subject.build(ctx)
-            with gr.Tab("Train", id="train", elem_id="tab-train"):
+            with gr.Tab("Train", id="train", elem_id="tab-train") as train_page:
                 train_tab = train.build(ctx)
-            with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs"):
+            with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs") as jobs_page:
                 jobs_tab = jobs.build(ctx)
-            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate") as evaluate_page:
                 evaluate_tab = evaluate.build(ctx)
-            with gr.Tab("Export", id="export", elem_id="tab-export"):
+            with gr.Tab("Export", id="export", elem_id="tab-export") as export_page:
                 export_tab = export.build(ctx)
-            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate") as generate_page:
                 generate.build(ctx)
+        pages = {"subject": subject_page, "train": train_page, "jobs": jobs_page, "evaluate": evaluate_page,
+                 "export": export_page, "generate": generate_page}
+        url_state.remember(tabs, pages, jobs_tab.select)
 
         def after_create(name):
             choices = train.subject_choices(ctx)
@@ -75,6 +79,7 @@ def build_app(ctx: Context) -> gr.Blocks:
         train_tab.job_id.change(show_job, train_tab.job_id, [tabs, jobs_tab.select], api_name=False)
         app.load(on_page_load, None, [train_tab.subject, evaluate_tab.run, export_tab.run], api_name=False)
         app.load(_environment_banner, None, environment, api_name=False)
+        app.load(url_state.restore(ctx, set(pages)), None, [tabs, jobs_tab.select], api_name=False)
     return app
 
 

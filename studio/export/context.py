@@ -12,6 +12,7 @@ import numpy as np
 
 from studio.export.verify import VERIFY_MAX_RESOLUTION, RenderSpec, render
 from studio.runs import Run
+from studio.work_progress import Tracker
 
 VERIFY_PROMPT = "a photo of {0} {1}"
 
@@ -26,6 +27,7 @@ class ExportContext:
     notes: list[str] = field(default_factory=list)
     usage: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    progress: Tracker | None = None  # counts formats done (studio.work_progress), for the web UI's bar
     _reference_pipe: Any = None
     _layout: Any = None
     _reference_image: np.ndarray | None = None
@@ -84,8 +86,12 @@ class ExportContext:
 
     def record(self, path: Path, fmt: str, consumer: str, check: str, **details: Any) -> None:
         relative = path.relative_to(self.out).as_posix()
+        first_of_format = all(item["format"] != fmt for item in self.files)
         self.files.append({"path": relative, "format": fmt, "consumer": consumer, "check": check, **details})
         self.log(f"  {relative}: {check}")
+        if self.progress is not None:
+            self.progress.update.phase = f"verified {relative}"
+            self.progress.advance(1 if first_of_format else 0)
 
 
 def render_spec(run: Run) -> RenderSpec:

@@ -25,6 +25,7 @@ from studio.export.verify import IMAGE_TOLERANCE
 from studio.quiet import quiet_loaders
 from studio.runlock import run_lock
 from studio.runs import load_run
+from studio.work_progress import track
 
 FORMATS_BY_METHOD: dict[str, tuple[str, ...]] = {
     "lora": LORA_FORMATS,
@@ -160,7 +161,8 @@ def export_run(
 def _write_export(run, out: Path, chosen: list[str], force: bool, rank: int, license: str, log) -> tuple[ExportContext, dict]:
     method = run.method
     with atomic_dir(out, replace=force) as tmp, quiet_loaders():
-        ctx = ExportContext(run=run, out=tmp, spec=render_spec(run), log=log)
+        ctx = ExportContext(run=run, out=tmp, spec=render_spec(run), log=log,
+                            progress=track("writing and verifying", len(chosen), "format"))
         log(f"Exporting {run.directory.name} ({method}) as {', '.join(chosen)}; verifying each file by reloading it")
         if method == "lora":
             export_lora_run(ctx, chosen)
@@ -169,6 +171,8 @@ def _write_export(run, out: Path, chosen: list[str], force: bool, rank: int, lic
         else:
             export_dreambooth_run(ctx, chosen, rank)
         report = _write_card_and_report(ctx, chosen, license)
+        ctx.progress.update.phase = "done"
+        ctx.progress.advance(len(chosen))
     return ctx, report
 
 

@@ -7,6 +7,7 @@ run-directory contract the trainer writes, so neither needs the worker to answer
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from studio.jobs.db import Job
 from studio.work_progress import Update
 
 LOG_TAIL_LINES = 40
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
@@ -174,8 +176,8 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
             data = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    # tqdm redraws a line with carriage returns; keep only what the terminal would show.
-    cleaned = (line.rsplit("\r", 1)[-1] for line in data.splitlines())
+    # tqdm redraws a line with carriage returns and cursor codes; keep only what the terminal would show.
+    cleaned = (ANSI_CODES.sub("", line.rsplit("\r", 1)[-1]) for line in data.splitlines())
     return "\n".join(deque((line for line in cleaned if line.strip()), maxlen=lines))
 
 

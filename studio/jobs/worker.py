@@ -135,7 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_id", type=int)
     parser.add_argument("--db", required=True, help="path of the jobs.sqlite database")
     args = parser.parse_args(argv)
+    quiet_log()
     return execute(JobStore(args.db), args.job_id)
+
+
+# Library notices a person reading a job's log cannot act on (Studio keeps these parts in fp32 itself;
+# a LoRA without text-encoder layers is normal).
+HUSHED_WARNINGS = (r".*should be kept in float32.*", r".*No LoRA keys associated to.*", r".*open an issue.*")
+
+
+def quiet_log() -> None:
+    """A job's log is read by people: no progress-bar redraws (the progress file and events carry the
+    progress), library notices at error level only. Call before the libraries are imported."""
+    import warnings
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for pattern in HUSHED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ class BuiltinModel:
     description: str
     version: str  # bump when the builder's output changes; part of the cached folder name
     build: Callable[[Path], None]  # writes a complete folder into an empty directory
+    resolution: int | None = None  # a pipeline's native image size (px)
+    expectations: str = ""  # what its images look like, for a person seeing them (empty: like real ones)
 
 
 _REGISTRY: dict[str, BuiltinModel] = {}

@@ -119,5 +119,11 @@ register(
         description="SD1.x architecture, tiny and randomly initialised (64 px): offline demos and tests.",
         version="3",
         build=build_tiny_sd,
+        resolution=TINY_RESOLUTION,
+        expectations=(
+            "Built-in tiny-sd: a tiny model made for offline demos and tests, with random weights. Its images are "
+            "colour blobs, and that is expected: it shows that training, sampling and export work, not what a real "
+            "model learns. Train on a real base model (a Hub id, a local folder or a .safetensors file) for real images."
+        ),
     )
 )

@@ -128,5 +128,11 @@ register(
         "initialised (64 px): offline demos and tests.",
         version="2",
         build=build_tiny_sdxl,
+        resolution=TINY_RESOLUTION,
+        expectations=(
+            "Built-in tiny-sdxl: a tiny model made for offline demos and tests, with random weights. Its images are "
+            "colour blobs, and that is expected: it shows that training, sampling and export work, not what a real "
+            "model learns. Train on a real base model (a Hub id, a local folder or a .safetensors file) for real images."
+        ),
     )
 )

@@ -27,6 +27,7 @@ from studio.jobs.reports import (
     contact_sheet,
     read_report,
 )
+from studio.models.notes import base_model_note
 from studio.sampling import STEPS
 from webui.context import Context
 from webui.messages import for_browser
@@ -90,10 +91,11 @@ def build(ctx: Context) -> EvaluateTab:
             for m in METRICS
         ]
     sheet = gr.Image(label="Contact sheet", elem_id="eval-sheet", interactive=False, type="filepath")
+    expectation = gr.Markdown(elem_id="eval-note", visible=False, elem_classes=["model-note"])
     gr.Markdown("\n".join(f"- {line}" for line in reading_lines(METRICS))
                 + "\n\nThe base model is the untrained one, prompted without the identifier.", elem_id="eval-readings")
 
-    outputs = [run, status, progress, made, badge, scores, *charts, sheet, seen]
+    outputs = [run, status, progress, made, badge, scores, *charts, sheet, expectation, seen]
     unchanged = (gr.skip(),) * (len(outputs) - 1)
 
     def on_start(run, clip, dino, images_per_prompt, max_prompts, steps):
@@ -143,10 +145,12 @@ def build(ctx: Context) -> EvaluateTab:
                                  columns=SCORE_COLUMNS)
             plots = [_metric_plot(rows, m) for m in METRICS]
             image = contact_sheet(train_job.run_dir)
+            expect = base_model_note(str(report.get("base") or ""))
             return (gr.skip(), text, *live, gr.update(value=note, visible=bool(note)), table, *plots,
-                    str(image) if image else None, signature)
+                    str(image) if image else None, gr.update(value=expect, visible=bool(expect)), signature)
         empty = pd.DataFrame(columns=SCORE_COLUMNS)
-        return gr.skip(), text, *live, gr.update(visible=False), empty, *([None] * len(METRICS)), None, signature
+        return (gr.skip(), text, *live, gr.update(visible=False), empty, *([None] * len(METRICS)), None,
+                gr.update(visible=False), signature)
 
     start.click(on_start, [run, clip, dino, images_per_prompt, max_prompts, steps], status, api_name="start_eval")
     timer.tick(refresh, [run, seen], outputs, show_progress="hidden", api_name=False)

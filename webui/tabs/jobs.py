@@ -17,6 +17,7 @@ import pandas as pd
 from studio.errors import StudioError
 from studio.jobs import RESUMABLE_STATES, cancel, job_progress, resume
 from studio.jobs.progress import JobProgress, progress_dict
+from studio.models.notes import base_model_note
 from webui.context import Context
 from webui.messages import browser_text
 
@@ -83,6 +84,7 @@ def build(ctx: Context) -> JobsTab:
         resume_button = gr.Button("Resume", elem_id="job-resume", scale=1, interactive=False)
     progress = gr.HTML(progress_html(None), elem_id="job-progress")
     reason = gr.Markdown(elem_id="job-reason")
+    expectation = gr.Markdown(elem_id="job-note", visible=False, elem_classes=["model-note"])
     with gr.Row():
         loss = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", title="Training loss",
                            elem_id="loss-plot", label="Loss")
@@ -91,7 +93,7 @@ def build(ctx: Context) -> JobsTab:
     log = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, autoscroll=True,
                      elem_id="job-log")
 
-    outputs = [table, select, progress, reason, loss, samples, log, cancel_button, resume_button, seen]
+    outputs = [table, select, progress, reason, loss, samples, log, cancel_button, resume_button, expectation, seen]
 
     def refresh(selected, seen):
         seen = dict(seen or {})
@@ -127,7 +129,11 @@ def build(ctx: Context) -> JobsTab:
         if seen.get("log") != (key, log_text):
             seen["log"] = (key, log_text)
             updates["log"] = log_text
-        names = ["table", "select", "progress", "reason", "loss", "samples", "log", "cancel", "resume"]
+        note = base_model_note(str(job.params.get("config", {}).get("base", ""))) if job else ""
+        if seen.get("note") != (key, note):
+            seen["note"] = (key, note)
+            updates["note"] = gr.update(value=note, visible=bool(note))
+        names = ["table", "select", "progress", "reason", "loss", "samples", "log", "cancel", "resume", "note"]
         return [updates.get(name, gr.skip()) for name in names] + [seen]
 
     def on_select(selected, seen):

@@ -14,6 +14,7 @@ from studio.errors import StudioError
 from studio.identifiers import check_identifier, suggest_identifiers
 from studio.images import CROP_MODES
 from studio.jobs.catalog import DEFAULT_BASE, base_model_choices
+from studio.models.notes import native_resolution
 from studio.settings import declaration, default_value
 from studio.subjects import prepare_subject, validate_images
 from webui.context import Context
@@ -56,14 +57,14 @@ def messages_html(messages, shorten=lambda text: text) -> str:
 
 
 def build(ctx: Context) -> SubjectTab:
-    resolution_default = default_value(declaration("resolution"))
+    resolution_default = native_resolution(DEFAULT_BASE) or default_value(declaration("resolution"))
     gr.Markdown("Upload 3-5 varied photos of one subject. They are shown below cropped exactly as they will be trained.")
     with gr.Row():
         with gr.Column(scale=1):
             files = gr.File(label="Photos", file_count="multiple", file_types=["image"], elem_id="subject-files")
             with gr.Row():
                 resolution = gr.Number(value=resolution_default, precision=0, minimum=32, maximum=4096,
-                                       label="Resolution (px)", info="Train at this size; 64 for the tiny built-in.",
+                                       label="Resolution (px)", info="Train at this size; follows the base model when it is a built-in one.",
                                        elem_id="subject-resolution")
                 crop = gr.Radio(list(CROP_MODES), value="center", label="Crop", elem_id="subject-crop",
                                 info="center: crop to fill; pad: fit and pad")
@@ -128,6 +129,22 @@ def build(ctx: Context) -> SubjectTab:
         return (f"**Done:** subject **{subject.directory.name}** created: {counted(len(subject.image_paths), 'image')} at "
                 f"{subject.resolution} px, instance prompt “{subject.instance_prompt}”." + warnings)
 
+    def on_base(base):
+        """A built-in base was made for one size: train at it (a real base keeps what the person typed)."""
+        side = native_resolution(base)
+        return side if side else gr.skip()
+
+    base.change(on_base, base, resolution, api_name=False)
+
+    def on_upload(current, earlier):
+        """A new upload replaces the photos of the previous one (Gradio would add them to the list)."""
+        paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (current or [])]
+        fresh = [p for p in paths if p not in (earlier or [])]
+        kept = fresh or paths
+        return kept, kept
+
+    earlier = gr.State([])
+    files.upload(on_upload, [files, earlier], [files, earlier], api_name=False)
     for trigger in (files.change, resolution.change, crop.change):
         trigger(on_images, [files, resolution, crop], [preview, report], api_name=False)
     check.click(on_check, [identifier, base], [id_message, suggestions], api_name="check_identifier")

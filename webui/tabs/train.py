@@ -11,11 +11,13 @@ from studio.config import config_to_dict, load_config, recipe_description, recip
 from studio.errors import StudioError
 from studio.jobs import submit_train
 from studio.jobs.catalog import base_model_choices
+from studio.jobs.estimates import estimate_text
 from webui.context import Context
 from webui.messages import browser_text, for_browser
 from webui.widgets import SettingWidgets, collect, setting_widgets, value_updates, visibility_updates
 
 DEFAULT_RECIPE = "tiny-lora"
+ESTIMATE_INPUTS = ("steps", "base", "method", "resolution", "batch_size")  # what the time estimate depends on
 NO_RECIPE = "(defaults)"
 
 
@@ -51,6 +53,7 @@ def build(ctx: Context) -> TrainTab:
     recipe_info = gr.Markdown(recipe_description(initial_recipe) if initial_recipe != NO_RECIPE else "",
                               elem_id="train-recipe-info")
     settings = setting_widgets(values, dynamic_choices={"base": base_model_choices()}, method=values["method"])
+    time_estimate = gr.Markdown(estimate_text(ctx.ws, values, int(values["steps"])), elem_id="train-estimate")
     start = gr.Button("Start training", variant="primary", elem_id="train-start")
     status = gr.Markdown(elem_id="train-status")
     job_id = gr.Number(visible=False, precision=0, elem_id="train-job-id")
@@ -79,6 +82,16 @@ def build(ctx: Context) -> TrainTab:
             return f"**Error:** {for_browser(error)}", None
         return f"**Queued** {job.label}: {config.method}, {config.steps} steps on {config.base}.", job.id
 
+    def on_settings(*widget_values):
+        values = collect(settings, widget_values)
+        try:
+            return estimate_text(ctx.ws, values, int(values.get("steps") or 0))
+        except (TypeError, ValueError):
+            return gr.skip()
+
+    for setting in ESTIMATE_INPUTS:
+        settings.widget(setting).change(on_settings, settings.widgets, time_estimate, api_name=False,
+                                     show_progress="hidden")
     refresh.click(lambda: gr.update(choices=subject_choices(ctx)), None, subject, api_name=False)
     subject.focus(lambda: gr.update(choices=subject_choices(ctx)), None, subject, api_name=False)
     recipe.change(on_recipe, recipe, [recipe_info, *settings.widgets], api_name=False)
