@@ -25,7 +25,7 @@ from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, be
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
-from trainers import checkpoints, objectives, placement
+from trainers import checkpoints, objectives, placement, trackers
 from trainers.data import LatentSource, load_image_tensors, sample_indices
 from trainers.events import EventLog
 from trainers.method import Method
@@ -33,6 +33,7 @@ from trainers.optim import build_lr_scheduler, build_optimizer
 from trainers.placement import frozen_dtype
 from trainers.prior import class_images
 from trainers.samples import SAMPLES_DIR, default_sample_prompts, render_samples
+from trainers.validation import Validator, validation_active
 
 CANCEL_FILE = "cancel.request"
 RESULT_FILE = "result.json"
@@ -62,8 +63,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.show_progress = show_progress
         on_gpu = torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision if on_gpu else "no", cpu=not on_gpu)
-        self.events = EventLog(self.run_dir, enabled=self.accelerator.is_main_process, listener=listener)
+        tracking, self.tracker_notes = trackers.accelerator_kwargs(config, self.run_dir)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision if on_gpu else "no", cpu=not on_gpu, **tracking)
+        self.events = EventLog(self.run_dir, enabled=self.accelerator.is_main_process,
+                               listener=trackers.TrackerBridge(self.accelerator, config, self.run_dir, listener))
         self.method_class = method_class
         self.step = 0
         self.loop_started = False  # set once setup is done; before that a failed start holds nothing of value
@@ -103,6 +106,7 @@ class Trainer:
         self._release_unneeded()
         placement.move_to_device(self.components, self.device, skip=self.released)
         self._build_optimizer()
+        self.validator = Validator(self)
 
     def _set_dtypes_and_modes(self) -> None:
         placement.set_dtypes_and_modes(self.components, self.method.trainable_modules(), dtype=frozen_dtype(self.config),
@@ -138,7 +142,7 @@ class Trainer:
         if self.cached_embeddings is not None:
             unneeded += self.family.text_encoder_names
         self.released = placement.release(self.components, self.base.pipeline, unneeded, self.device,
-                                          keep_on_cpu=bool(self.config.sample_every))
+                                          keep_on_cpu=bool(self.config.sample_every) or validation_active(self.config))
         if "vae" not in self.components:
             self.latents.vae = None
 
@@ -235,7 +239,8 @@ class Trainer:
     def _checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            path = checkpoints.save_checkpoint(self.run_dir, self._state(), self.config.checkpoints_to_keep)
+            path = checkpoints.save_checkpoint(self.run_dir, self._state(), self.config.checkpoints_to_keep,
+                                               protect=self.validator.protected())
             self.events.emit("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
         self.accelerator.wait_for_everyone()
 
@@ -340,8 +345,12 @@ class Trainer:
         else:
             self.events.emit("started", step=0, total=config.steps, method=config.method, base=config.base)
         self.loop_started = True
+        for note in self.tracker_notes:
+            self.events.emit("note", step=self.step, message=note)
+        self.validator.start()
         if self.step == 0:
             self._sample()
+            self.validator.validate(0, candidate=False)
         start_step, started = self.step, time.perf_counter()
         # On a GPU a logged step's loss is read (a host sync) only after the next step is queued, so the
         # GPU never idles waiting for Python; on a CPU reading it costs nothing and happens at once.
@@ -365,6 +374,10 @@ class Trainer:
                 self._checkpoint()
             if sample_due:
                 self._sample()
+            if self.validator.due(self.step, checkpoint_due):
+                self.validator.validate(self.step, candidate=checkpoint_due or self.step == config.steps)
+                if self.validator.stop_reason:
+                    break
         return self._finish()
 
     def _emit_step(self, pending: tuple | None) -> None:
@@ -405,6 +418,7 @@ class Trainer:
                 "method": self.config.method, "base": self.config.base, "artifact": self.method.artifact,
                 "token": self.method.token, "instance_prompt": self.method.instance_prompt(),
                 "class_noun": self.subject.class_noun, "steps": self.step, "family": self.family.name, **extras,
+                **self.validator.summary(),
             }
             write_json(self.run_dir / RESULT_FILE, result)
             self.events.emit("finished", step=self.step, artifact=self.method.artifact)

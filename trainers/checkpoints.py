@@ -9,6 +9,7 @@ fall back to the previous one.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,9 @@ class TrainingState:
     cuda_rng: list[torch.Tensor] | None = None
 
 
-def save_checkpoint(run_dir: Path, state: TrainingState, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, state: TrainingState, keep: int, protect: Collection[str] = ()) -> Path:
+    """Write ``checkpoints/step-NNNNNN``; keep the last ``keep`` and the folders named in ``protect``
+    (the best checkpoint so far, which validation chose)."""
     target = Path(run_dir) / CHECKPOINTS_DIR / f"step-{state.step:06d}"
     with atomic_dir(target, replace=True) as tmp:
         save_safetensors(state.trainable, tmp / "trainable.safetensors")
@@ -54,7 +57,8 @@ def save_checkpoint(run_dir: Path, state: TrainingState, keep: int) -> Path:
         )
         write_json(tmp / "trainer.json", {"step": state.step, "lr_scheduler": state.lr_scheduler})
     for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -1,0 +1,98 @@
+"""A run's validation history as the run directory holds it: names, records, the chosen checkpoint.
+
+The trainer appends ``validation`` events to ``events.jsonl`` (with the step's scores, losses, images
+and costs), and ``overfitting`` / ``early_stop`` events when a rule fires; ``result.json`` records
+the best checkpoint (``best_checkpoint``). Readers (CLI, evaluation, export, web UI) use this module
+and never import torch or the trainers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+VALIDATION_EVENT = "validation"
+OVERFITTING_EVENT = "overfitting"
+EARLY_STOP_EVENT = "early_stop"
+NOTE_EVENT = "validation_note"
+VALIDATION_DIR = "validation"  # RUN/validation/step-NNNNNN/PP-sS.png, class-sS.png
+CONTACT_SHEET_FILE = "contact_sheet.png"  # RUN/validation/contact_sheet.png: the checkpoints side by side
+BEST_KEY = "best_checkpoint"  # in result.json
+EVENTS_FILE = "events.jsonl"
+RESULT_FILE = "result.json"
+FINAL = "final"
+BEST = "best"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def records_from_events(events: list[dict]) -> list[dict]:
+    """The validation records that still describe the run, in step order.
+
+    A resume restores an earlier checkpoint: records past its step describe weights that no
+    longer exist and are dropped; a step validated again keeps its newest record.
+    """
+    by_step: dict[int, dict] = {}
+    for event in events:
+        kind = event.get("type")
+        if kind == "resumed":
+            restored = int(event.get("step") or 0)
+            by_step = {s: r for s, r in by_step.items() if s <= restored}
+        elif kind == VALIDATION_EVENT:
+            by_step[int(event["step"])] = event
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def validation_records(run_dir: str | Path) -> list[dict]:
+    return records_from_events(_events(Path(run_dir)))
+
+
+def flags(run_dir: str | Path) -> list[dict]:
+    """Overfitting and early-stop events still valid after resumes (each with a plain ``message``)."""
+    events = _events(Path(run_dir))
+    kept: list[dict] = []
+    for event in events:
+        if event.get("type") == "resumed":
+            kept = [e for e in kept if int(e.get("step") or 0) <= int(event.get("step") or 0)]
+        elif event.get("type") in (OVERFITTING_EVENT, EARLY_STOP_EVENT):
+            kept.append(event)
+    return kept
+
+
+def read_best(run_dir: str | Path) -> dict[str, Any] | None:
+    """The chosen checkpoint as result.json records it (None for runs without validation)."""
+    path = Path(run_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get(BEST_KEY)
+    except ValueError:
+        return None
+
+
+def score_series(records: list[dict]) -> list[dict]:
+    """Flat rows for plots: ``{"step", "metric", "value"}`` for each loss and score of each record."""
+    rows = []
+    for record in records:
+        values = {"validation loss": record.get("loss"), "class validation loss": record.get("class_loss")}
+        labels = {"clip_i": "CLIP-I", "clip_t": "CLIP-T", "dino": "DINO", "pres": "PRES"}
+        values |= {label: (record.get("scores") or {}).get(key) for key, label in labels.items()}
+        rows += [{"step": record["step"], "metric": name, "value": value} for name, value in values.items()
+                 if value is not None]
+    return rows
