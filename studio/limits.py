@@ -70,9 +70,9 @@ def _fmt(value: float) -> str:
 
 # ---------------------------------------------------------------- generation (CLI, API, web Generate tab)
 IMAGE_SIDE = Limit("width/height", 8, 2048, "a side of a generated image", flag="--width/--height",
-                   multiple_of=8, unit="pixels")
+                   control="Width/Height", multiple_of=8, unit="pixels")
 IMAGE_PIXELS = Limit("width*height", 64, 2048 * 2048, "pixels of one generated image (2048x2048)",
-                     flag="--width x --height", unit="pixels")
+                     flag="--width x --height", control="Width x Height", unit="pixels")
 NUM_IMAGES = Limit("num_images", 1, 64, "images one request generates", flag="--num-images")
 GENERATION_STEPS = Limit("steps", 1, 500, "denoising steps", flag="--steps", control="Steps")
 GUIDANCE = Limit("guidance", 0, 50, "classifier-free guidance scale", flag="--guidance", control="Guidance")
