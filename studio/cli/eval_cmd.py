@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-base", action="store_true", help="skip generating with the untrained base model")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--allow-pickle", action="store_true", help="allow backbones with only pickle .bin weights")
+    parser.add_argument("--checkpoint", default="best", metavar="best|final|STEP",
+                        help="with RUN: which weights; best (default: the checkpoint validation chose while training, "
+                        "or the final result when it chose none), final, or the step of a kept checkpoint")
     parser.add_argument("--out", metavar="FILE", help="with --images: write the report JSON here")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.set_defaults(func=run)
@@ -97,6 +100,7 @@ def _evaluate_run(args: argparse.Namespace) -> dict:
         device=args.device,
         allow_pickle=args.allow_pickle,
         front="cli",
+        checkpoint=args.checkpoint,
     )
 
 

@@ -26,12 +26,25 @@ def register(subparsers) -> None:
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
                         help="Also upload the export to this Hugging Face Hub repository (needs a token and network).")
     parser.add_argument("--license", default="creativeml-openrail-m", help="License written into the model card.")
+    parser.add_argument("--checkpoint", default="best", metavar="best|final|STEP",
+                        help="Which weights: best (default: the checkpoint validation chose while training, or the "
+                        "final result when it chose none), final, or the step of a kept checkpoint.")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainers.checkpoint_view import checkpoint_run
+
+    weights = checkpoint_run(args.run, args.checkpoint)
+    out = args.out
+    if weights != Path(args.run).expanduser().resolve():
+        step = weights.parent.name  # checkpoints/step-NNNNNN/run
+        print(f"Exporting checkpoint {step} ({args.checkpoint}); pass --checkpoint final for the final result.")
+        out = out or str(Path(args.run) / "exports" / f"{args.formats.replace(',', '-')}-{step}")
     result = export_run(
-        args.run, args.formats, args.out, force=args.force, rank=args.rank,
+        weights, args.formats, out, force=args.force, rank=args.rank,
         push_to_hub=args.push_to_hub, license=args.license, log=print,
     )
     print(f"Wrote {len(result.files)} verified file(s) and a model card to {result.out_dir}")

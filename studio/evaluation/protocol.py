@@ -64,6 +64,14 @@ def _load_finished_run(run_dir: Path) -> Any:
     return run
 
 
+def _checkpoint_run(run: Any, checkpoint: str | int | None) -> Any:
+    """The run whose weights are evaluated: ``run`` or a checkpoint of it (trainers/checkpoint_view.py)."""
+    from trainers.checkpoint_view import checkpoint_run
+
+    view = checkpoint_run(run.directory, checkpoint)
+    return run if view == Path(run.directory).resolve() else _load_finished_run(view)
+
+
 def _requests(prompts: Sequence[EvalPrompt], seeds: Sequence[int], role: str) -> list[ImageRequest]:
     return [
         ImageRequest(p.text if role == "base" else p.prompt, seed, role, f"images/{role}/{i:02d}-s{seed}.png", i)
@@ -157,8 +165,12 @@ def evaluate_run(
     device: str | None = None,
     allow_pickle: bool = False,
     front: str = limits.API,
+    checkpoint: str | int | None = "best",
 ) -> dict[str, Any]:
     """Evaluate a finished run the DreamBooth way; write ``RUN/eval/`` and return the report.
+
+    ``checkpoint``: ``best`` (the checkpoint validation chose while training, see docs/training.md;
+    the final result when the run recorded none), ``final``, or a step number.
 
     ``prompts``: ``dreambench`` (live or object templates chosen by the class noun),
     ``dreambench-live``, ``dreambench-objects``, a prompt file or a list; ``{0}`` becomes the
@@ -172,6 +184,7 @@ def evaluate_run(
     run_dir = Path(run_dir).expanduser()
     runs = _runs_api()
     run = _load_finished_run(run_dir)
+    weights = _checkpoint_run(run, checkpoint)
     subject = run.subject
     token = runs.prompt_token(run)
     templates = resolve_templates(prompts, subject.class_noun)[: max_prompts or None]
@@ -196,7 +209,7 @@ def evaluate_run(
     tracker = track("loading models", len(tuned_requests) + len(class_requests) + len(base_requests), "image")
     with run_lock(run.directory, "eval"), atomic_dir(_fresh_eval_dir(run.directory), replace=True) as root:
         generation_started = time.perf_counter()
-        pipe = _to_device(runs.personalised_pipeline(run), device)
+        pipe = _to_device(runs.personalised_pipeline(weights), device)
         tuned = _generate(pipe, tuned_requests, settings, root, embedder, timing, tracker)
         classes = _generate(pipe, class_requests, settings, root, embedder, timing, tracker) if class_requests else None
         scheduler = type(getattr(pipe, "scheduler", None)).__name__
@@ -261,6 +274,8 @@ def evaluate_run(
                 "base_compared": base,
             },
             seeds=seeds,
+            checkpoint={"choice": str(checkpoint or "best"), "step": weights.result.get("steps"),
+                        "final": weights.directory == run.directory},
             backbones=embedder.describe(),
             references=[str(p) for p in references],
             images=[{"path": r.path, "prompt": r.prompt, "seed": r.seed, "role": r.role} for r in all_requests],
