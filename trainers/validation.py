@@ -36,6 +36,7 @@ from studio.validation.history import (
     validation_records,
 )
 from studio.validation.rules import RuleSettings, choose_best, overfitting, should_stop_early
+from studio.validation.sheet import write_validation_sheet
 from trainers import placement
 from trainers.samples import generate_seeded
 
@@ -133,6 +134,9 @@ class Validator:
             self.best = choose_best(self.records, self.rules)
             record["best_step"] = self.best["step"] if self.best else None
             self.trainer.events.emit(VALIDATION_EVENT, **record)
+            write_validation_sheet(self.trainer.run_dir, self.records, record["best_step"])
+            self.validation_s += time.perf_counter() - self.clock
+            self.clock = time.perf_counter()
             self._flags(step, candidate)
             stop = self.stop_reason is not None
         self.stop_reason = self._broadcast_stop(stop) if self.trainer.accelerator.num_processes > 1 else self.stop_reason

@@ -18,6 +18,7 @@ from studio.errors import StudioError
 from studio.jobs import RESUMABLE_STATES, cancel, job_progress, resume
 from studio.jobs.progress import JobProgress, progress_dict
 from studio.models.notes import base_model_note
+from webui import validation_panel
 from webui.context import Context
 from webui.messages import browser_text
 
@@ -90,6 +91,7 @@ def build(ctx: Context) -> JobsTab:
                            elem_id="loss-plot", label="Loss")
         samples = gr.Gallery(label="Images made so far (newest first)", columns=4, height=300, elem_id="job-samples",
                              interactive=False)
+    validation = validation_panel.build()  # scores beside the loss (issue 18)
     log = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, autoscroll=True,
                      elem_id="job-log")
 
@@ -166,4 +168,5 @@ def build(ctx: Context) -> JobsTab:
     cancel_button.click(cancel_job, select, None, api_name="cancel_job")
     resume_button.click(resume_job, select, None, api_name="resume_job")
     gr.api(job_info, api_name="job_info")
+    validation.attach(ctx, timer, select)
     return JobsTab(select, timer)
