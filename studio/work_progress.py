@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
+from studio.threads import rebalance
+
 RECENT_IMAGES = 12
 
 
@@ -73,6 +75,7 @@ class Tracker:
         self.update.updated = time.time()
         self.update.images = (self.update.images + [str(path) for path in images])[-RECENT_IMAGES:]
         self._report()
+        rebalance()
 
     def _report(self) -> None:
         sink = _sink.get()

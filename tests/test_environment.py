@@ -29,6 +29,8 @@ from studio.environment.lockfile import (
     parse_lock,
     project_requirements,
     prune_torch_only,
+)
+from studio.environment.lockfile import (
     tested_torch as torch_tested_with,
 )
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from studio.threads import rebalance
+
 EVENTS_FILE = "events.jsonl"
 TERMINAL_EVENTS = ("finished", "failed", "cancelled")
 
@@ -30,6 +32,7 @@ class EventLog:
                 handle.write(json.dumps(event, default=str) + "\n")
         if self.listener is not None:
             self.listener(event)
+        rebalance()  # other Studio processes may have started or ended: take a fair share of the cores
         return event
 
 

@@ -9,6 +9,10 @@ import sys
 from studio.environment.check import require_working_environment
 from studio.errors import StudioError, disk_full_error, is_disk_full
 from studio.interrupts import sigterm_as_interrupt
+from studio.threads import claim_cpu_share, prepare_environment
+
+# Commands that run models: they take a fair share of the CPU's cores (see studio.threads).
+CPU_HEAVY_COMMANDS = {"prepare", "train", "demo", "eval", "export", "generate"}
 
 # Subcommand modules, in the order a person works. Each defines register(subparsers).
 COMMAND_MODULES = [
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_environment()  # before anything imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     with sigterm_as_interrupt():  # a plain kill unwinds like Ctrl-C: temporaries are removed
@@ -49,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if not getattr(args, "skip_environment_check", False):
             require_working_environment()  # cheap: package metadata only, before any work
+        if args.command in CPU_HEAVY_COMMANDS:
+            claim_cpu_share()  # share the cores fairly with other Studio processes (studio.threads)
         result = args.func(args)
     except StudioError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -24,6 +24,7 @@ from studio.errors import StudioError, message_for
 from studio.jobs.db import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobStore
 from studio.jobs.progress import ProgressFile, progress_path
 from studio.jobs.workspace import Workspace
+from studio.threads import claim_cpu_share
 from studio.work_progress import reporting_to
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 3
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="path of the jobs.sqlite database")
     args = parser.parse_args(argv)
     quiet_log()
+    claim_cpu_share()  # before the job's models load; sleeping OpenMP threads, a fair share of the cores
     return execute(JobStore(args.db), args.job_id)
 
 

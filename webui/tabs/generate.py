@@ -15,6 +15,7 @@ from studio.errors import StudioError
 from studio.models.notes import base_model_note
 from studio.playground import Request
 from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
+from studio.threads import cpu_share
 from webui.context import Context
 from webui.messages import browser_text
 
@@ -107,8 +108,9 @@ def build(ctx: Context) -> GenerateTab:
                 run_dirs, request, parse_weights(weights, len(run_dirs)), front=limits.UI,
                 progress=lambda role, step, total: progress((step, total), desc=f"{role} image", unit="steps"),
             )
-            for role, image in made:
-                yield (image, gr.skip()) if role == "base" else (gr.skip(), image)
+            with cpu_share():  # a running job keeps its share of the cores while the page generates
+                for role, image in made:
+                    yield (image, gr.skip()) if role == "base" else (gr.skip(), image)
         except (StudioError, ValueError) as error:
             raise gr.Error(browser_text(error)) from error
 
