@@ -62,7 +62,7 @@ def test_tiny_backbones_materialise_and_reload_with_from_pretrained(backbones, t
     again_clip, again_dino = load_clip(str(tmp_path / "clip")), load_dino(str(tmp_path / "dino"))
     assert torch.equal(clip.embed_images(images), again_clip.embed_images(images))  # deterministic build
     assert torch.equal(dino.embed_images(images), again_dino.embed_images(images))
-    assert again_clip.source == "folder" and clip.fingerprint == "builtin:tiny-clip-v1"
+    assert again_clip.source == "folder" and clip.fingerprint == "builtin:tiny-clip-v2"
     assert clip.embed_texts(["a dog", "a dog on the beach"]).shape == (2, clip.model.config.projection_dim)
 
 
