@@ -20,9 +20,9 @@ from PIL import Image
 ADAPTER = "compat"
 
 
-def render(pipe, spec: dict) -> np.ndarray:
+def render(pipe, spec: dict, prompt: str | None = None) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
-    result = pipe(prompt=spec["prompt"], height=spec["height"], width=spec["width"],
+    result = pipe(prompt=prompt or spec["prompt"], height=spec["height"], width=spec["width"],
                   num_inference_steps=spec["steps"], guidance_scale=spec["guidance"],
                   generator=torch.Generator("cpu").manual_seed(spec["seed"]), output_type="np")
     return (np.asarray(result.images[0], dtype=np.float64) * 255).round().clip(0, 255)
@@ -67,7 +67,7 @@ def run(task: dict, base: str, spec: dict) -> dict:
     out["warnings"] = sorted({str(w.message)[:200] for w in caught if "missing" in str(w.message).lower()
                               or "not loaded" in str(w.message).lower()})
     reference = np.asarray(Image.open(task["reference"]).convert("RGB"), dtype=np.float64)
-    out["grey_levels"] = float(np.abs(render(pipe, spec) - reference).max())
+    out["grey_levels"] = float(np.abs(render(pipe, spec, task.get("spec")) - reference).max())
     return out
 
 
