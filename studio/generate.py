@@ -1,10 +1,17 @@
-"""Generating images with a base model plus any adapters: txt2img with guidance, img2img, LoRAs composed.
+"""Generating images with a base model plus any adapters: txt2img, img2img, inpainting, ControlNet and
+instruction edits, LoRAs composed; every image with the recipe that makes it again.
 
 :class:`Generator` keeps one loaded base pipeline per process and the adapters loaded into it, so a
 UI that calls it repeatedly pays for loading once: changing LoRA weights only calls
 ``set_adapters``, adding an adapter loads just that adapter, and only a new base reloads the model.
 Adapters are run directories or exported files of any format (see :mod:`studio.adapters`); a
 DreamBooth run directory can be the base.
+
+The task follows from the request (:meth:`GenerationRequest.task`): a mask inpaints (on an inpainting base
+where one is given, by mask blending on a plain one), a control image adds a ControlNet (to txt2img, img2img
+or inpainting), an instruction edits the start image with an instruction-tuned base (InstructPix2Pix). Each
+task's pipeline is built from the loaded base's components (:mod:`studio.pipeline_tasks`), so the adapters
+apply to all of them.
 """
 
 from __future__ import annotations
@@ -19,10 +26,14 @@ from PIL import Image
 
 from studio import limits
 from studio.adapters import AdapterError, AdapterSource, load_adapter, resolve_adapter, resolve_base
+from studio.control import ControlSpec, control_image
 from studio.errors import StudioError
 from studio.generation_images import load_init_image
+from studio.inpaint import keep_outside, load_mask
+from studio.pipeline_tasks import accepts, base_kind, family_tasks, pipeline_class
 from studio.quiet import quiet_loaders
-from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, STEPS
+from studio.recipe import make_recipe
+from studio.sampling import GUIDANCE, IMAGE_GUIDANCE, IMG2IMG_STRENGTH, INPAINT_STRENGTH, STEPS
 
 Progress = Callable[[int, int], None]
 
@@ -48,27 +59,62 @@ class AdapterRef:
 
 @dataclass
 class GenerationRequest:
-    prompt: str
+    prompt: str  # instruction edits: may be empty (the instruction is the text)
     negative_prompt: str | None = None
     guidance: float = GUIDANCE
     steps: int = STEPS
     seed: int | None = None  # None: a random seed, reported in the result
     num_images: int = 1
-    width: int | None = None  # None: the model's native size (img2img: the init image's)
+    width: int | None = None  # None: the model's native size (with a start image: the start image's)
     height: int | None = None
-    init_image: Any = None  # a path or PIL image switches to img2img (SDEdit)
-    strength: float = IMG2IMG_STRENGTH
+    init_image: Any = None  # a path or PIL image: img2img (SDEdit), or what a mask or an instruction edits
+    strength: float | None = None  # None: IMG2IMG_STRENGTH for img2img, INPAINT_STRENGTH for inpainting
+    mask: Any = None  # with init_image, a path or PIL image: inpaint where it is white (or painted)
+    keep_outside: bool = True  # inpainting: outside the mask, the start image's own pixels exactly
+    inpaint_base: str | None = None  # an inpainting model to use instead of the base (the adapters on it)
+    control: ControlSpec | None = None  # a ControlNet and its control image
+    instruction: str | None = None  # with init_image: an instruction edit ("make it snowy")
+    instruct_base: str | None = None  # the instruction-tuned base (None: the base must be one)
+    image_guidance: float = IMAGE_GUIDANCE  # instruction edits: how closely to keep to the start image
+
+    def task(self) -> str:
+        """txt2img, img2img, inpaint, control, control-img2img, control-inpaint or instruct."""
+        if self.instruction is not None:
+            return "instruct"
+        if self.mask is not None:
+            return "control-inpaint" if self.control else "inpaint"
+        if self.init_image is not None:
+            return "control-img2img" if self.control else "img2img"
+        return "control" if self.control else "txt2img"
+
+    def effective_strength(self) -> float:
+        if self.strength is not None:
+            return float(self.strength)
+        return INPAINT_STRENGTH if self.mask is not None else IMG2IMG_STRENGTH
+
+    def text(self) -> str:
+        """What the text encoder reads: the instruction for an instruction edit, else the prompt."""
+        return self.instruction if self.instruction is not None else self.prompt
+
+    def model(self, base: str) -> str:
+        """The base this request runs on: the instruction-tuned or inpainting base where one is given."""
+        if self.instruction is not None and self.instruct_base:
+            return self.instruct_base
+        if self.mask is not None and self.inpaint_base:
+            return self.inpaint_base
+        return base
 
 
 @dataclass
 class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
-    # "txt2img" | "img2img" | "img2img-passthrough": strength x steps < 1 denoising step, so the
-    # (resized) init image is returned unchanged
+    # the task (see GenerationRequest.task), or "img2img-passthrough" / "inpaint-passthrough": strength x steps
+    # < 1 denoising step, so the (resized) start image is returned unchanged
     mode: str
     adapters: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)  # embedding tokens usable in the prompt
+    recipes: list[dict[str, Any]] = field(default_factory=list)  # one per image: what makes it again
 
 
 def _default_device() -> str:
@@ -92,6 +138,8 @@ class Generator:
         self._base_key: str | None = None
         self._pipe: Any = None
         self._img2img: Any = None
+        self._tasks: dict[tuple, Any] = {}  # (task, ControlNet ref) -> pipeline built from the base's components
+        self._controlnets: dict[str, Any] = {}  # ControlNet ref -> model (the last one used)
         self._loras: dict[tuple, str] = {}  # adapter key -> adapter name, in load order
         self._embeddings: dict[tuple, list[str]] = {}  # adapter key -> tokens
         self._counter = 0
@@ -142,7 +190,7 @@ class Generator:
         from studio.models import load_base
 
         self._pipe = self._img2img = None
-        self._loras, self._embeddings = {}, {}
+        self._loras, self._embeddings, self._tasks, self._controlnets = {}, {}, {}, {}
         pipe = load_base(ref, allow_pickle=allow_pickle).pipeline
         if self.device != "cpu" or self.dtype != torch.float32:
             pipe.to(self.device, self.dtype)
@@ -178,54 +226,116 @@ class Generator:
 
         The request is checked against :mod:`studio.limits` before anything loads; ``front`` says which
         names the message uses (CLI flags, web controls or these parameter names). Images are rendered
-        at most ``limits.GENERATION_BATCH`` at a time.
+        at most ``limits.GENERATION_BATCH`` at a time. Each comes with its recipe (:mod:`studio.recipe`).
         """
         check_request(request, len(adapters), front)
         refs = [a if isinstance(a, AdapterRef) else AdapterRef.parse(a) for a in adapters]
+        model = request.model(base)
+        if model != base and resolve_base(base) != base:
+            raise StudioError(
+                "A DreamBooth model is a whole model of its own and cannot move onto another inpainting or "
+                "instruction-tuned base; leave --inpaint-base / --instruct-base out (a mask then blends on the "
+                "DreamBooth model), or use a LoRA or textual-inversion run.",
+                browser="A DreamBooth run is a whole model and cannot move onto another inpainting or instruction-tuned "
+                        "base; clear that base (a mask then blends on the DreamBooth model), or choose a LoRA or "
+                        "textual-inversion run.")
         seed = int(request.seed) if request.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
         seeds = [seed + i for i in range(request.num_images)]
         batches = [seeds[i:i + limits.GENERATION_BATCH] for i in range(0, len(seeds), limits.GENERATION_BATCH)]
         images: list[Image.Image] = []
         with self._lock:
-            pipe, names, tokens = self._prepare(base, refs, allow_pickle)
-            pipe.set_progress_bar_config(disable=not show_progress)
-            if request.init_image is None:
-                for batch in batches:
-                    kwargs = self._common_kwargs(request, batch, progress)
-                    images += pipe(height=request.height, width=request.width, **kwargs).images
-                mode = "txt2img"
+            pipe, names, tokens = self._prepare(model, refs, allow_pickle)
+            task = request.task()
+            _check_base_fits(task, base_kind(pipe), model, front)
+            inputs = self._inputs(pipe, request)
+            mode = task
+            steps_run = int(request.steps * request.effective_strength())
+            if inputs.get("strength") is not None and steps_run < 1:
+                # diffusers would run int(steps * strength) = 0 steps and fail; no denoising means no
+                # change, so the start image itself is the answer (not its lossy VAE reconstruction).
+                images, mode = [inputs["image"].copy() for _ in seeds], f"{task}-passthrough"
             else:
-                init = load_init_image(request.init_image, request.width, request.height)
-                if int(request.steps * request.strength) < 1:
-                    # diffusers would run int(steps * strength) = 0 steps and fail; no denoising means no
-                    # change, so the init image itself is the answer (not its lossy VAE reconstruction).
-                    images, mode = [init.copy() for _ in seeds], "img2img-passthrough"
-                else:
-                    img2img = self._img2img_pipeline()
-                    img2img.set_progress_bar_config(disable=not show_progress)
-                    for batch in batches:
-                        kwargs = self._common_kwargs(request, batch, progress)
-                        images += img2img(image=init, strength=float(request.strength), **kwargs).images
-                    mode = "img2img"
-        return GenerationResult(list(images), seeds, mode, names, tokens)
+                runner = pipe if task == "txt2img" else self._task_pipeline(task, request, allow_pickle)
+                runner.set_progress_bar_config(disable=not show_progress)
+                inputs = {k: v for k, v in inputs.items() if k not in ("width", "height") or accepts(runner, k)}
+                for batch in batches:
+                    images += runner(**inputs, **self._common_kwargs(runner, request, batch, progress)).images
+            if request.mask is not None and request.keep_outside:
+                images = [keep_outside(image, inputs["image"], inputs["mask_image"]) for image in images]
+        recipe = {"allow_pickle": allow_pickle, "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
+        recipes = [make_recipe(base, request, refs, seed=s, size=image.size, mode=mode, **recipe)
+                   for s, image in zip(seeds, images, strict=True)]
+        return GenerationResult(list(images), seeds, mode, names, tokens, recipes)
 
-    def _common_kwargs(self, request: GenerationRequest, seeds: list[int], progress: Progress | None) -> dict:
+    def _inputs(self, pipe: Any, request: GenerationRequest) -> dict[str, Any]:
+        """The task's image arguments (start image, mask, control image) at the size generated."""
+        task = request.task()
+        if request.init_image is None:
+            size = (request.width or _native_side(pipe), request.height or _native_side(pipe))
+            inputs: dict[str, Any] = {"width": size[0], "height": size[1]}
+        else:
+            init = load_init_image(request.init_image, request.width, request.height)
+            size = init.size
+            inputs = {"image": init, "width": size[0], "height": size[1]}  # sizes dropped where not taken
+            if task != "instruct":
+                inputs["strength"] = request.effective_strength()
+            if request.mask is not None:
+                inputs["mask_image"] = load_mask(request.mask, *size)
+        if request.control is not None:
+            family = _family_name(pipe)
+            spec = request.control
+            argument = family_tasks(family).control_image_argument if task == "control" else "control_image"
+            inputs[argument] = control_image(spec, *size)
+            inputs["controlnet_conditioning_scale"] = float(spec.strength)
+        if task == "instruct":
+            inputs["image_guidance_scale"] = float(request.image_guidance)
+        return inputs
+
+    def _common_kwargs(self, runner: Any, request: GenerationRequest, seeds: list[int], progress: Progress | None) -> dict:
         count = len(seeds)
         kwargs: dict[str, Any] = {
-            "prompt": [request.prompt] * count,
+            "prompt": [request.text()] * count,
             "guidance_scale": float(request.guidance),
             "num_inference_steps": int(request.steps),
             "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         }
         if request.negative_prompt:
             kwargs["negative_prompt"] = [request.negative_prompt] * count
-        if progress is not None:
+        if progress is not None and accepts(runner, "callback_on_step_end"):
             def on_step(pipe, step, timestep, callback_kwargs):
                 progress(step + 1, pipe.num_timesteps)
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = on_step
+        elif progress is not None and accepts(runner, "callback"):  # older pipelines (SDXL InstructPix2Pix)
+            total = int(request.steps)
+            kwargs |= {"callback": lambda step, timestep, latents: progress(step + 1, total), "callback_steps": 1}
         return kwargs
+
+    def _task_pipeline(self, task: str, request: GenerationRequest, allow_pickle: bool) -> Any:
+        """The pipeline for ``task`` built from the loaded base's components (plus the ControlNet)."""
+        if task == "img2img":
+            return self._img2img_pipeline()
+        control_ref = request.control.model if request.control else None
+        key = (task, control_ref)
+        if key not in self._tasks:
+            extra = {"controlnet": self._controlnet(control_ref, allow_pickle)} if control_ref else {}
+            with quiet_loaders():
+                self._tasks = {k: v for k, v in self._tasks.items() if k[1] is None}  # one ControlNet at a time
+                self._tasks[key] = pipeline_class(_family_name(self._pipe), task).from_pipe(self._pipe, **extra)
+        return self._tasks[key]
+
+    def _controlnet(self, ref: str, allow_pickle: bool) -> Any:
+        if ref not in self._controlnets:
+            from studio.models.controlnet import check_fits, load_controlnet
+
+            with quiet_loaders():
+                controlnet = load_controlnet(ref, _family_name(self._pipe), allow_pickle=allow_pickle)
+            check_fits(controlnet, self._pipe, ref)
+            if self.device != "cpu" or self.dtype != torch.float32:
+                controlnet.to(self.device, self.dtype)
+            self._controlnets = {ref: controlnet}
+        return self._controlnets[ref]
 
     def _img2img_pipeline(self) -> Any:
         if self._img2img is None:
@@ -239,23 +349,93 @@ class Generator:
         """Drop the cached pipeline (frees its memory)."""
         with self._lock:
             self._pipe = self._img2img = self._base_key = None
-            self._loras, self._embeddings = {}, {}
+            self._loras, self._embeddings, self._tasks, self._controlnets = {}, {}, {}, {}
 
 
 def check_request(request: GenerationRequest, adapter_count: int = 0, front: str = limits.API) -> None:
     """Refuse a request outside :mod:`studio.limits` (before any model loads); messages name ``front``'s controls."""
-    if not request.prompt or not request.prompt.strip():
+    if request.instruction is not None:
+        if not request.instruction.strip():
+            _refuse(front, "The instruction is empty; say how to change the start image (--instruction).",
+                    "The instruction is empty; say how to change the start image.")
+        limits.check_text(limits.PROMPT_CHARS, request.instruction, front)
+    elif not request.prompt or not request.prompt.strip():
         raise StudioError(f"The prompt is empty; type what to generate ({limits.PROMPT_CHARS.label(front)}).")
     limits.check_text(limits.PROMPT_CHARS, request.prompt, front)
     limits.check_text(limits.NEGATIVE_CHARS, request.negative_prompt, front)
     limits.GENERATION_STEPS.check(request.steps, front)
     limits.NUM_IMAGES.check(request.num_images, front)
     limits.GUIDANCE.check(request.guidance, front)
-    limits.STRENGTH.check(request.strength, front)
+    limits.STRENGTH.check(request.effective_strength(), front)
     limits.ADAPTERS.check(adapter_count, front)
     if request.seed is not None:
         limits.SEED.check(request.seed, front)
     limits.check_image_size(request.width, request.height, front)
+    _check_combination(request, front)
+    if request.control is not None:
+        limits.CONTROL_STRENGTH.check(request.control.strength, front)
+        limits.CANNY_THRESHOLD.check(request.control.canny_low, front)
+        limits.CANNY_THRESHOLD.check(request.control.canny_high, front)
+    if request.instruction is not None:
+        limits.IMAGE_GUIDANCE.check(request.image_guidance, front)
+
+
+def _refuse(front: str, cli: str, browser: str) -> None:
+    raise StudioError(cli if front == limits.CLI else browser, browser=browser)
+
+
+def _check_combination(request: GenerationRequest, front: str) -> None:
+    """Refuse inputs that do not go together (each message says what to add or drop)."""
+    if request.mask is not None and request.init_image is None:
+        _refuse(front, "--mask needs --init-image: the image whose masked area is repainted.",
+                "A mask needs a start image: upload the image to paint on.")
+    if request.instruction is not None:
+        if request.init_image is None:
+            _refuse(front, "--instruction needs --init-image: the image to edit.",
+                    "An instruction needs a start image: upload the image to edit.")
+        if request.mask is not None or request.control is not None:
+            _refuse(front, "An instruction edit takes no --mask or --control; drop them or the instruction.",
+                    "An instruction edit takes no mask or control image; clear them or the instruction.")
+    if request.inpaint_base and request.mask is None:
+        _refuse(front, "--inpaint-base is used for inpainting only; give --mask too, or drop it.",
+                "An inpainting base is used only with a mask; paint a mask or clear the inpainting base.")
+    if request.instruct_base and request.instruction is None:
+        _refuse(front, "--instruct-base is used for instruction edits only; give --instruction too, or drop it.",
+                "An instruction-tuned base is used only with an instruction; type one or clear that base.")
+    control = request.control
+    if control is not None and (not str(control.model or "").strip() or control.image is None):
+        _refuse(front, "ControlNet needs both a ControlNet (--controlnet) and a control image (--control).",
+                "ControlNet needs both a ControlNet model and a control image.")
+
+
+def _check_base_fits(task: str, kind: str, model: str, front: str) -> None:
+    """An inpainting base takes masks, an instruction-tuned one instructions; say so before diffusers fails."""
+    if kind == "instruct" and task != "instruct":
+        _refuse(front, f"{model} is an instruction-tuned model: give --instruction and --init-image, or use a plain "
+                       "base (and --instruct-base for this one).",
+                f"{model} is an instruction-tuned model: type an instruction and give a start image, or use a plain base.")
+    if task == "instruct" and kind != "instruct":
+        _refuse(front, f"{model} is not instruction-tuned; instruction edits need a base such as "
+                       "timbrooks/instruct-pix2pix (SD1.x) or diffusers/sdxl-instructpix2pix-768 (SDXL): --instruct-base.",
+                f"{model} is not instruction-tuned; instruction edits need an instruction-tuned base such as "
+                "timbrooks/instruct-pix2pix (SD1.x) or diffusers/sdxl-instructpix2pix-768 (SDXL).")
+    if kind == "inpaint" and task not in ("inpaint", "control-inpaint"):
+        _refuse(front, f"{model} is an inpainting model: give --init-image and --mask, or use a plain base (and "
+                       "--inpaint-base for this one).",
+                f"{model} is an inpainting model: paint a mask on a start image, or use a plain base.")
+
+
+def _family_name(pipe: Any) -> str:
+    from studio.families import family_for
+
+    return family_for(pipe).name
+
+
+def _native_side(pipe: Any) -> int:
+    unet = getattr(pipe, "unet", None)
+    if unet is not None:
+        return int(unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    return int(getattr(pipe, "default_sample_size", 128)) * int(getattr(pipe, "vae_scale_factor", 8))
 
 
 _DEFAULT: Generator | None = None

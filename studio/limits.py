@@ -80,6 +80,15 @@ STRENGTH = Limit("strength", 0, 1, "how far img2img moves from the start image",
 SEED = Limit("seed", 0, 2**32 - 1, "the first image's seed", flag="--seed", control="Seed")
 ADAPTERS = Limit("adapters", 0, 16, "LoRAs and embeddings composed in one request", flag="--adapter (count)",
                  control="Trained runs (count)")
+CONTROL_STRENGTH = Limit("control.strength", 0, 2, "how strongly the ControlNet steers (0: not at all)",
+                         flag="--control-strength", control="Control strength")
+CANNY_THRESHOLD = Limit("control.canny_low/high", 0, 2040, "canny edge thresholds on the Sobel gradient (L1)",
+                        flag="--canny-low/--canny-high", control="Canny thresholds")
+IMAGE_GUIDANCE = Limit("image_guidance", 0, 20, "how closely an instruction edit keeps to the start image",
+                       flag="--image-guidance", control="Image guidance")
+INPUT_IMAGE_PIXELS = Limit("input image", 1, 8192 * 8192, "pixels of a start image, mask or control image as read "
+                           "(it is then resized to the generated size)", flag="--init-image/--mask/--control",
+                           control="Start image / mask / control image", unit="pixels")
 # Images the pipeline renders at once; more are rendered in several batches (same images, bounded memory).
 GENERATION_BATCH = 4
 
@@ -106,7 +115,8 @@ EVAL_BATCH = Limit("batch_size", 1, 64, "images generated per batch", flag="--ba
 UPLOAD_MB = Limit("upload", 1, 25, "size of one uploaded file", control="Photos", unit="MB")
 
 ALL: tuple[Limit, ...] = (
-    IMAGE_SIDE, IMAGE_PIXELS, NUM_IMAGES, GENERATION_STEPS, GUIDANCE, STRENGTH, SEED, ADAPTERS, PROMPT_CHARS,
+    IMAGE_SIDE, IMAGE_PIXELS, NUM_IMAGES, GENERATION_STEPS, GUIDANCE, STRENGTH, SEED, ADAPTERS, CONTROL_STRENGTH,
+    CANNY_THRESHOLD, IMAGE_GUIDANCE, INPUT_IMAGE_PIXELS, PROMPT_CHARS,
     NEGATIVE_CHARS, EVAL_IMAGES_PER_PROMPT, EVAL_CLASS_IMAGES, EVAL_MAX_PROMPTS, EVAL_STEPS, EVAL_GUIDANCE,
     EVAL_BATCH, UPLOAD_MB,
 )

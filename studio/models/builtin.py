@@ -34,7 +34,8 @@ class BuiltinModel:
 
 _REGISTRY: dict[str, BuiltinModel] = {}
 # Modules that register built-ins when imported.
-_BUILDER_MODULES = ("studio.models.tiny_sd", "studio.models.tiny_sdxl", "studio.models.tiny_backbones")
+_BUILDER_MODULES = ("studio.models.tiny_sd", "studio.models.tiny_sdxl", "studio.models.tiny_backbones",
+                    "studio.models.tiny_edit")
 
 
 def register(model: BuiltinModel) -> BuiltinModel:
