@@ -51,7 +51,8 @@ def run(task: dict, base: str, spec: dict) -> dict:
         else:
             pipe = DiffusionPipeline.from_pretrained(base, use_safetensors=True)
         if kind == "lora":
-            pipe.load_lora_weights(task["path"], adapter_name=ADAPTER)
+            folder, _, weight_name = task["path"].rpartition("/")  # offline, older diffusers want both
+            pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=ADAPTER)
             out["layers"] = attached(pipe)
         elif kind == "peft":
             from peft import PeftModel
