@@ -231,8 +231,9 @@ def bare_step(trainer):
         indices = list(range(config.batch_size))
         latents = trainer.latents.latents([i % trainer.instance_count for i in indices], trainer.generator)
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, 1000, (len(indices),), device=latents.device)
-        noisy = trainer.noise_scheduler.add_noise(latents, noise, timesteps)
+        timesteps = trainer.objective.sample_timesteps(len(indices), trainer.generator, latents.device,
+                                                       image_tokens=family.image_tokens(*latents.shape[-2:]))
+        noisy, target = trainer.objective.noised(latents, noise, timesteps)
     trains_text = trainer.method.text_encoder_trains()
     components = dict(trainer.components) | trainer.models
     ids = [t[[0] * len(indices)].to(trainer.device) for t in family.tokenize(components, trainer.prompts)]
@@ -241,8 +242,8 @@ def bare_step(trainer):
 
     def step() -> None:
         embedding = family.encode(components, ids) if trains_text else fixed
-        prediction = unet(noisy.to(dtype), timesteps, **family.unet_kwargs(embedding.to(dtype=dtype), config.resolution)).sample
-        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        prediction = family.predict(unet, noisy.to(dtype), timesteps, embedding.to(dtype=dtype), config.resolution)
+        loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
         trainer.accelerator.backward(loss)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)

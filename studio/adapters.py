@@ -19,8 +19,9 @@ from studio.export.lora_peft import is_peft_folder
 from studio.export.lora_weights import COMPONENTS, LORA_WEIGHTS_FILE
 from studio.export.ti import DIFFUSERS_FILE as EMBEDDINGS_FILE
 from studio.export.ti import SDXL_KEYS, a1111_name, embedding_kind
+from studio.methods import EMBEDDING, LORA, MODEL, MethodSpec, method_spec
+from studio.run_layout import RESULT_FILE
 
-RESULT_FILE = "result.json"
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
 
 
@@ -53,13 +54,21 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         raise AdapterError(f"{path} is not valid JSON ({error}); the run directory is damaged.") from error
 
 
+def _spec(result: dict[str, Any], run_dir: Path) -> MethodSpec:
+    """The description of the method a run's result says it came from (an unknown one is refused)."""
+    try:
+        return method_spec(str(result.get("method")))
+    except StudioError as error:
+        raise AdapterError(f"{run_dir}: {error} Was it made by a newer Studio?") from None
+
+
 def resolve_base(ref: str) -> str:
     """A base-model reference, with a DreamBooth run directory standing for its ``model/`` folder."""
     path = Path(ref).expanduser()
     result = read_result(path) if path.is_dir() else None
     if result is None:
         return ref
-    if result.get("method") != "dreambooth":
+    if _spec(result, path).is_adapter:
         raise AdapterError(
             f"{path} is a {result.get('method')} run: it is an adapter, not a base model. Pass it with --adapter "
             f"and use its base ('{result.get('base')}') as --base."
@@ -86,9 +95,10 @@ def _resolve_folder(path: Path) -> AdapterSource:
     result = read_result(path)
     if result is not None:
         artifact = path / result.get("artifact", "adapter")
-        if result.get("method") == "lora":
+        produces = _spec(result, path).produces
+        if produces == LORA:
             return AdapterSource(artifact / LORA_WEIGHTS_FILE, "lora", "diffusers", base=result.get("base"))
-        if result.get("method") == "textual_inversion":
+        if produces == EMBEDDING:
             if (artifact / EMBEDDINGS_FILE).is_file():
                 return AdapterSource(artifact / EMBEDDINGS_FILE, "embedding", "diffusers", token=result.get("token"),
                                      base=result.get("base"))
@@ -198,12 +208,13 @@ def apply_run_result(run_dir: Path, result: dict[str, Any], config):
     from studio.models import load_base, load_configured_base
 
     artifact = Path(run_dir) / result["artifact"]
-    if result["method"] == "dreambooth":
+    produces = _spec(result, Path(run_dir)).produces
+    if produces == MODEL:
         return load_base(str(artifact)).pipeline
     pipeline = load_configured_base(config).pipeline
-    if result["method"] == "lora":
+    if produces == LORA:
         pipeline.load_lora_weights(str(artifact), weight_name=LORA_WEIGHTS_FILE, use_safetensors=True)
-    elif result["method"] == "textual_inversion":
+    elif produces == EMBEDDING:
         family_files = sorted(artifact.glob("learned_embeds_*.safetensors"))
         if family_files:  # one file per text encoder (SDXL)
             _load_per_encoder_embeddings(pipeline, family_files, result["token"])

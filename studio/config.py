@@ -15,6 +15,7 @@ import yaml
 
 from studio.errors import ConfigError
 from studio.limits import RECIPE_BYTES, SETTING_LIST_ITEMS, SETTING_TEXT_CHARS
+from studio.methods import method_spec
 from studio.paths import recipes_dir
 from studio.settings import TrainConfig, declarations, default_value
 
@@ -149,8 +150,8 @@ def check_consistency(config: TrainConfig) -> None:
         raise ConfigError(f"lr_warmup_steps={config.lr_warmup_steps} exceeds steps={config.steps}.")
     if config.prior_preservation and config.class_prompt is not None and not config.class_prompt.strip():
         raise ConfigError("prior_preservation is on but class_prompt is empty; give a class prompt such as 'a dog' or leave it unset to use the subject's.")
-    if config.method == "textual_inversion" and config.prior_preservation:
-        raise ConfigError("prior_preservation is for lora and dreambooth; textual inversion does not use it. Set it to false.")
+    if config.prior_preservation and not method_spec(config.method).prior_preservation:
+        raise ConfigError(f"prior_preservation is for lora and dreambooth; {method_spec(config.method).label.lower()} does not use it. Set it to false.")
 
 
 def recipe_names() -> list[str]:

@@ -14,7 +14,7 @@ def lora_state_dicts(components: dict[str, Any], family) -> dict[str, dict]:
     from peft.utils import get_peft_model_state_dict
 
     states = {}
-    for name in ("unet", *family.text_encoder_names):
+    for name in (family.denoiser_name, *family.text_encoder_names):
         module = components.get(name)
         if module is None or not getattr(module, "peft_config", None):
             continue
@@ -33,15 +33,16 @@ def save_diffusers_lora(
     """Save ``pytorch_lora_weights.safetensors`` via the pipeline class's own ``save_lora_weights``."""
     pipeline_class = family.pipeline_classes()[0]
     states = lora_state_dicts(components, family)
-    kwargs: dict[str, Any] = {"unet_lora_layers": states.get("unet")}
-    metadata: dict[str, Any] = {"unet_lora_adapter_metadata": unet_metadata}
-    for name in family.text_encoder_names:
-        if name in states:
-            kwargs[f"{name}_lora_layers"] = states[name]
-            metadata[f"{name}_lora_adapter_metadata"] = text_encoder_metadata
+    metadata = {name: unet_metadata if name == family.denoiser_name else text_encoder_metadata for name in states}
+    kwargs = family.save_lora_kwargs(states, metadata)
     import inspect
 
     accepted = inspect.signature(pipeline_class.save_lora_weights).parameters
-    kwargs |= {k: v for k, v in metadata.items() if k in accepted and v is not None}
+    refused = [k for k in kwargs if k.endswith("_lora_layers") and k not in accepted]
+    if refused:
+        from studio.errors import StudioError
+
+        raise StudioError(f"{pipeline_class.__name__} LoRA files have no place for {', '.join(refused)}.")
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     pipeline_class.save_lora_weights(str(directory), safe_serialization=True, **kwargs)
     return [LORA_WEIGHTS_FILE]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import StudioError
+from studio.methods import method_spec
 from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
 
 
@@ -64,15 +65,15 @@ def select_runs(run_dirs: list[str | Path], weights: list[float] | None = None) 
     runs = [load_run(d) for d in run_dirs]
     for run in runs:
         run.require_finished()
-    dreambooth = [run for run in runs if run.method == "dreambooth"]
+    dreambooth = [run for run in runs if not method_spec(run.method).is_adapter]
     if len(dreambooth) > 1:
         raise StudioError("Only one DreamBooth run can be the base at a time; choose one of them.")
     originals = {run.config.base for run in runs}
     if len(originals) > 1:
         raise StudioError(f"These runs were trained on different bases ({', '.join(sorted(originals))}); choose runs of one base.")
     adapters = [
-        AdapterRef(str(run.directory), 1.0 if run.method == "textual_inversion" else float(weight))
-        for run, weight in zip(runs, weights, strict=False) if run.method != "dreambooth"
+        AdapterRef(str(run.directory), float(weight) if method_spec(run.method).scalable else 1.0)
+        for run, weight in zip(runs, weights, strict=False) if method_spec(run.method).is_adapter
     ]
     base = str(dreambooth[0].directory) if dreambooth else runs[0].config.base
     return Selection(base, runs[0].config.base, adapters, [run.token for run in runs], runs[0].config.resolution,

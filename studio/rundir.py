@@ -16,15 +16,11 @@ from typing import Any
 
 from studio.atomic import atomic_dir, write_json
 from studio.errors import ConfigError, SubjectError, disk_full_error, is_disk_full
+from studio.run_layout import CHECKPOINTS_DIR, CONFIG_FILE, EVENTS_FILE, RESULT_FILE, SUBJECT_DIR  # noqa: F401 - re-exported
 from studio.runlock import LOCK_FILE
 from studio.settings import TrainConfig
 from studio.subjects import IMAGES_DIR, SUBJECT_FILE, load_subject
 
-CONFIG_FILE = "config.yaml"
-SUBJECT_DIR = "subject"
-RESULT_FILE = "result.json"
-CHECKPOINTS_DIR = "checkpoints"
-EVENTS_FILE = "events.jsonl"
 # Files a brand-new (or never-started) run directory may already hold.
 _HOUSEKEEPING = {LOCK_FILE}
 

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import StudioError
+from studio.run_layout import RESULT_FILE, SUBJECT_DIR, read_run_config
 from studio.settings import TrainConfig
 from studio.subjects import Subject, load_subject
-
-RESULT_FILE = "result.json"
-SUBJECT_DIR = "subject"
 
 
 class RunNotFinishedError(StudioError):
@@ -54,12 +52,10 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    from trainers.base import load_run_config
-
     directory = Path(run_dir).expanduser().resolve()
     if not directory.is_dir():
         raise StudioError(f"Run directory {directory} does not exist.")
-    config = load_run_config(directory)
+    config = read_run_config(directory)
     result_path = directory / RESULT_FILE
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     return Run(directory, config, load_subject(directory / SUBJECT_DIR), result)

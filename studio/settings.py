@@ -11,12 +11,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.methods import METHOD_NAMES
 from studio.sampling import GUIDANCE
 
 BASIC = "basic"
 ADVANCED = "advanced"
 
-METHODS = ("lora", "dreambooth", "textual_inversion")
+METHODS = METHOD_NAMES  # described once in studio.methods
 
 
 def setting(
@@ -97,7 +98,7 @@ class TrainConfig:
     validation: bool = setting(True, "Score the model while it trains, at every checkpoint (and every validation_every steps), at step 0 (the untrained base) and at the end: validation loss with fixed noise, and a quick subject score (CLIP-I, DINO, CLIP-T, PRES). The best checkpoint is chosen from them. Runs only when there is something to choose from (checkpoint_every or validation_every set).", group=BASIC)
     validation_every: int = setting(0, "Also validate every N steps between checkpoints (0: at checkpoints only). Best-checkpoint candidates are steps that have a checkpoint, and the end.", minimum=0, maximum=1_000_000)
     validation_prompts: int = setting(2, "Prompts of the quick subject score: the instance prompt, then DreamBench templates for the class.", minimum=1, maximum=25)
-    validation_images_per_prompt: int = setting(2, "Images per validation prompt (seeds 0, 1, ...; the same at every validation).", minimum=1, maximum=16)
+    validation_images_per_prompt: int = setting(1, "Images per validation prompt (seeds 0, 1, ...; the same at every validation).", minimum=1, maximum=16)
     validation_steps: int = setting(20, "Sampling steps of the quick subject score's images.", minimum=1, maximum=1000)
     validation_budget: float = setting(0.15, "Most of the training time validation may take (0.15 = 15%). After step 0, a quick subject score runs only while all validation so far, plus it, stays within this share of the training time so far; otherwise that validation records the loss alone and says why.", minimum=0.0, maximum=100.0)
     validation_clip: str = setting("auto", "CLIP backbone of the quick subject score: auto (openai/clip-vit-base-patch32 when it can be loaded, else the built-in tiny-clip), a Hub id, a folder or tiny-clip.")

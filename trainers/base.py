@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from studio.atomic import atomic_dir, remove_stale_temporaries, write_json
-from studio.config import read_config
 from studio.errors import ConfigError, StudioError
 from studio.interrupts import sigterm_as_interrupt
 from studio.models.vae import decode_in_fp32
+from studio.run_layout import CANCEL_FILE, RESULT_FILE, SUBJECT_DIR, read_run_config
 from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, benchmarks)
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
@@ -34,10 +34,6 @@ from trainers.placement import frozen_dtype
 from trainers.prior import class_images
 from trainers.samples import SAMPLES_DIR, default_sample_prompts, render_samples
 from trainers.validation import Validator, validation_active
-
-CANCEL_FILE = "cancel.request"
-RESULT_FILE = "result.json"
-SUBJECT_DIR = "subject"
 
 
 class TrainingCancelled(StudioError):
@@ -73,8 +69,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from diffusers import DDPMScheduler
-
         from studio.models import load_configured_base
 
         config, accelerator = self.config, self.accelerator
@@ -85,7 +79,7 @@ class Trainer:
             raise ConfigError(f"The subject in {self.run_dir / SUBJECT_DIR} has no images; prepare it again with `studio prepare`.")
         self.base = self.given_base if self.given_base is not None else load_configured_base(config)
         self.family = self.base.family
-        self.noise_scheduler = DDPMScheduler.from_config(self.base.pipeline.scheduler.config)
+        self.objective = self.family.objective(self.base.pipeline.scheduler.config)
         self.class_paths: list[Path] = []
         if config.prior_preservation:
             prompt = (config.class_prompt or self.subject.class_prompt or "").strip()
@@ -111,8 +105,8 @@ class Trainer:
     def _set_dtypes_and_modes(self) -> None:
         placement.set_dtypes_and_modes(self.components, self.method.trainable_modules(), dtype=frozen_dtype(self.config),
                                        reduced_frozen_params_ok=self.method.reduced_frozen_params_ok)
-        if self.config.gradient_checkpointing:  # every method backpropagates through the UNet
-            self.components["unet"].enable_gradient_checkpointing()
+        if self.config.gradient_checkpointing:  # every method backpropagates through the denoiser
+            self.components[self.family.denoiser_name].enable_gradient_checkpointing()
             if self.method.text_encoder_trains():
                 for encoder in self.family.text_encoders(self.components):
                     # transformers 5 renamed it; older releases only have the first name
@@ -156,12 +150,13 @@ class Trainer:
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.models = dict(zip(names, prepared[:-1], strict=True))
         self.optimizer = prepared[-1]
-        self.unet_forward = self.models.get("unet", self.components["unet"])
+        denoiser = self.family.denoiser_name
+        self.unet_forward = self.models.get(denoiser, self.components[denoiser])
         if config.torch_compile:
             self.unet_forward = torch.compile(self.unet_forward)
         self.generator = torch.Generator().manual_seed(config.seed + 1_000 * self.accelerator.process_index)
         # Read once, not per step: ModelMixin.dtype walks every submodule.
-        self.unet_dtype = self.components["unet"].dtype
+        self.unet_dtype = self.components[denoiser].dtype
         self.clip_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.step_inputs: dict[tuple[int, int], Any] = {}  # per batch layout: selected embeddings or token ids
 
@@ -192,17 +187,16 @@ class Trainer:
             indices += [self.instance_count + i for i in sample_indices(position, config.batch_size, class_count, config.seed, 1, rank, world)]
         latents = self.latents.latents(indices, self.generator)
         noise = objectives.draw_noise(latents, self.generator, config.noise_offset)
-        timesteps = objectives.draw_timesteps(len(indices), self.noise_scheduler, self.generator, latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = objectives.prediction_target(self.noise_scheduler, latents, noise, timesteps)
+        objective = self.objective
+        timesteps = objective.sample_timesteps(len(indices), self.generator, latents.device,
+                                               image_tokens=self.family.image_tokens(*latents.shape[-2:]))
+        noisy, target = objective.noised(latents, noise, timesteps)
         embedding = self._embeddings(config.batch_size, len(indices) - config.batch_size)
         unet_dtype = self.unet_dtype
         with accelerator.autocast():
-            prediction = self.unet_forward(
-                noisy.to(unet_dtype), timesteps,
-                **self.family.unet_kwargs(embedding.to(dtype=unet_dtype), config.resolution),
-            ).sample
-        weights = objectives.min_snr_weights(self.noise_scheduler, timesteps, config.min_snr_gamma) if config.min_snr_gamma else None
+            prediction = self.family.predict(self.unet_forward, noisy.to(unet_dtype), timesteps,
+                                             embedding.to(dtype=unet_dtype), config.resolution)
+        weights = objective.weights(timesteps, config.min_snr_gamma)
         return objectives.diffusion_loss(
             prediction, target, weights=weights, instance_count=config.batch_size, prior_loss_weight=config.prior_loss_weight
         )
@@ -278,7 +272,7 @@ class Trainer:
         if not config.sample_every or not self.accelerator.is_main_process:
             return
         directory = self.run_dir / SAMPLES_DIR / f"step-{self.step:06d}"
-        unet = self.components["unet"]
+        unet = self.components[self.family.denoiser_name]
         was_training = unet.training
         unet.eval()
         with placement.brought_back(self.components, self.released, self.device), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
@@ -429,7 +423,4 @@ class Trainer:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml).")
-    return read_config(path)
+    return read_run_config(run_dir)

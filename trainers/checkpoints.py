@@ -17,9 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from studio.atomic import atomic_dir, save_safetensors, write_json
+from studio.run_layout import CHECKPOINTS_DIR  # noqa: F401
 from studio.statedict import load_state, save_state
-
-CHECKPOINTS_DIR = "checkpoints"
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""DreamBooth: full fine-tune of the UNet (and optionally the text encoder); saves a diffusers folder."""
+"""DreamBooth: full fine-tune of the denoiser (UNet or transformer) (and optionally the text encoder); saves a diffusers folder."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class DreamBoothMethod(Method):
         return self.config.train_text_encoder
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        names = ["unet"] + (list(self.family.text_encoder_names) if self.config.train_text_encoder else [])
-        return {name: self.components[name] for name in names}
+        names = [self.family.denoiser_name] + (list(self.family.text_encoder_names) if self.config.train_text_encoder else [])
+        return {name: self.components[name] for name in names if self.components.get(name) is not None}
 
     def save_result(self, directory: Path) -> dict[str, Any]:
         """A complete diffusers pipeline folder; modules released during training are reloaded."""

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from studio.run_layout import EVENTS_FILE  # noqa: F401
 from studio.threads import rebalance
 
-EVENTS_FILE = "events.jsonl"
 TERMINAL_EVENTS = ("finished", "failed", "cancelled")
 
 

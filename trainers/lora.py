@@ -30,18 +30,24 @@ class LoRAMethod(Method):
         for module in self.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
-        self.components["unet"].add_adapter(self._lora_config(self.config.lora_target_modules))
+        self.components[self.family.denoiser_name].add_adapter(self._lora_config(self.config.lora_target_modules))
         if self.config.train_text_encoder:
-            for encoder in self.family.text_encoders(self.components):
-                encoder.add_adapter(self._lora_config(self.config.lora_text_encoder_target_modules))
+            for name in self.text_encoder_names:
+                self.components[name].add_adapter(self._lora_config(self.config.lora_text_encoder_target_modules))
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders a LoRA adapts: the family's (Flux: CLIP-L only, as its LoRA files hold)."""
+        return tuple(n for n in self.family.lora_text_encoder_names if self.components.get(n) is not None)
 
     def text_encoder_trains(self) -> bool:
         return self.config.train_text_encoder
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        modules = {"unet": self.components["unet"]}
+        denoiser = self.family.denoiser_name
+        modules = {denoiser: self.components[denoiser]}
         if self.config.train_text_encoder:
-            modules |= {name: self.components[name] for name in self.family.text_encoder_names}
+            modules |= {name: self.components[name] for name in self.text_encoder_names}
         return modules
 
     def adapter_metadata(self, targets: list[str]) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""The diffusion training objective: noise, targets, min-SNR-γ weights and the prior-preservation sum.
+"""The loss the loop minimises: noise, and the per-sample weighted sum with prior preservation.
+
+Timesteps, inputs and targets are the family's objective (:mod:`studio.families.objective`).
 
 Weights are computed per sample *before* the batch is split into instance and class halves, so
 min-SNR-γ and prior preservation combine correctly (each sample keeps its own timestep's weight).
@@ -19,31 +21,11 @@ def draw_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: 
     return to_device(noise, latents.device).to(latents.dtype)
 
 
-def draw_timesteps(count: int, scheduler, generator: torch.Generator, device) -> torch.Tensor:
-    return to_device(torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator), device)
-
-
-def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"Unsupported prediction_type '{kind}' in the scheduler config (epsilon or v_prediction).")
-
-
-def signal_to_noise(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    return alphas / (1.0 - alphas)
-
-
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ (Hang et al. 2023): weight = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR+1) for v."""
-    snr = signal_to_noise(scheduler, timesteps)
-    clipped = torch.clamp(snr, max=gamma)
-    if scheduler.config.prediction_type == "v_prediction":
-        return clipped / (snr + 1.0)
-    return clipped / snr.clamp(min=1e-8)
+    """Min-SNR-γ weights of a DDPM ``scheduler`` (the maths lives in the family's objective)."""
+    from studio.families.objective import DDPMObjective
+
+    return DDPMObjective(scheduler.config).weights(timesteps, gamma)
 
 
 def diffusion_loss(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from studio.errors import ConfigError
+from studio.methods import method_spec
 from studio.settings import TrainConfig
 
 
@@ -22,7 +23,7 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
     (decay would pull the new embedding towards zero, away from the vocabulary's scale)."""
     if not groups:
         raise ConfigError(f"method={config.method} left nothing to train; check lora_target_modules.")
-    decay = 0.0 if config.method == "textual_inversion" else config.weight_decay
+    decay = config.weight_decay if method_spec(config.method).weight_decay else 0.0
     for group in groups:
         group.setdefault("weight_decay", decay)
     if config.optimizer == "adamw8bit":

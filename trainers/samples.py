@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from studio.atomic import atomic_dir
-
-SAMPLES_DIR = "samples"
+from studio.run_layout import SAMPLES_DIR  # noqa: F401 - re-exported (the trainer)
 
 
 @torch.no_grad()

@@ -165,7 +165,7 @@ class Validator:
 
     def _measure(self, step: int, candidate: bool) -> dict:
         trainer = self.trainer
-        unet = trainer.components["unet"]
+        unet = trainer.components[trainer.family.denoiser_name]
         was_training = unet.training
         unet.eval()
         try:
@@ -194,21 +194,15 @@ class Validator:
         generator = torch.Generator().manual_seed(config.seed + LOSS_SEED_OFFSET)
         latents = trainer.latents.latents(instance + classes, generator)
         embedding = trainer._embeddings(len(instance), len(classes))
-        scheduler = trainer.noise_scheduler
-        total = scheduler.config.num_train_timesteps
-        unet, dtype = trainer.components["unet"], trainer.unet_dtype
+        objective, family = trainer.objective, trainer.family  # the family's objective and denoiser inputs
+        unet, dtype = trainer.components[family.denoiser_name], trainer.unet_dtype
         per_row = torch.zeros(len(latents), dtype=torch.float64)
         for fraction in LOSS_TIMESTEP_FRACTIONS:
-            timesteps = torch.full((len(latents),), int(total * fraction), dtype=torch.long, device=latents.device)
+            timesteps = objective.timesteps_at(fraction, len(latents), latents.device)
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            if scheduler.config.prediction_type == "v_prediction":
-                target = scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
+            noisy, target = objective.noised(latents, noise, timesteps)
             with trainer.accelerator.autocast():
-                prediction = unet(noisy.to(dtype), timesteps,
-                                  **trainer.family.unet_kwargs(embedding.to(dtype=dtype), config.resolution)).sample
+                prediction = family.predict(unet, noisy.to(dtype), timesteps, embedding.to(dtype=dtype), config.resolution)
             error = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
             per_row += error.double().cpu() / len(LOSS_TIMESTEP_FRACTIONS)
         count = len(instance)

@@ -29,13 +29,11 @@ from studio.evaluation.generation import GenerationSettings, ImageRequest, gener
 from studio.evaluation.prompts import EvalPrompt, build_prompts, is_live, resolve_templates
 from studio.evaluation.report import new_report
 from studio.evaluation.scoring import per_group_scores, score_embeddings
+from studio.run_layout import CONTACT_SHEET_FILE, EVAL_DIR  # noqa: F401
+from studio.run_layout import EVAL_REPORT_FILE as REPORT_FILE  # noqa: F401
 from studio.runlock import run_lock
 from studio.sampling import GUIDANCE, STEPS
 from studio.work_progress import Tracker, track
-
-EVAL_DIR = "eval"
-REPORT_FILE = "report.json"
-CONTACT_SHEET_FILE = "contact_sheet.png"
 
 
 def _runs_api() -> Any:

@@ -17,29 +17,22 @@ from PIL import Image
 from studio.atomic import atomic_dir, remove_stale_temporaries, write_json, write_text
 from studio.errors import StudioError, disk_full_error, is_disk_full
 from studio.export.context import ExportContext, render_spec, replace_word
-from studio.export.full_model import FULL_FORMATS, export_dreambooth_run
-from studio.export.lora_export import LORA_FORMATS, export_lora_run
+from studio.export.full_model import export_dreambooth_run
+from studio.export.lora_export import export_lora_run
 from studio.export.model_card import read_eval_scores, render_card
-from studio.export.ti_export import TI_FORMATS, export_ti_run
+from studio.export.ti_export import export_ti_run
 from studio.export.verify import IMAGE_TOLERANCE
+from studio.methods import EMBEDDING, LORA, METHOD_SPECS, MODEL, method_spec
 from studio.quiet import quiet_loaders
 from studio.runlock import run_lock
 from studio.runs import load_run
 from studio.work_progress import track
 
-FORMATS_BY_METHOD: dict[str, tuple[str, ...]] = {
-    "lora": LORA_FORMATS,
-    "textual_inversion": TI_FORMATS,
-    "dreambooth": FULL_FORMATS,
-}
+FORMATS_BY_METHOD: dict[str, tuple[str, ...]] = {name: spec.export_formats for name, spec in METHOD_SPECS.items()}
+
 # Every format name any run can export (each run accepts those of its method: formats_for()).
 FORMATS: tuple[str, ...] = tuple(dict.fromkeys(f for names in FORMATS_BY_METHOD.values() for f in names))
-ALIASES = {
-    "lora": {"webui": "kohya", "a1111": "kohya", "comfyui": "kohya", "sd-scripts": "kohya"},
-    "textual_inversion": {"webui": "a1111", "comfyui": "a1111", "kohya": "a1111"},
-    "dreambooth": {"single_file": "single-file", "singlefile": "single-file", "safetensors": "single-file",
-                   "ckpt": "single-file", "svd": "lora"},
-}
+ALIASES = {name: spec.export_aliases for name, spec in METHOD_SPECS.items()}
 DEFAULT_RANK = 16
 REPORT_FILE = "export.json"
 CARD_FILE = "README.md"
@@ -63,7 +56,7 @@ def formats_for(method: str) -> tuple[str, ...]:
 def parse_formats(method: str, formats: str | Iterable[str]) -> list[str]:
     """Normalise ``"kohya,diffusers"`` / a list / ``"all"`` to this method's canonical format names."""
     items = formats.split(",") if isinstance(formats, str) else list(formats)
-    allowed = FORMATS_BY_METHOD[method]
+    allowed = method_spec(method).export_formats
     chosen: list[str] = []
     for raw in items:
         name = raw.strip().lower()
@@ -164,12 +157,15 @@ def _write_export(run, out: Path, chosen: list[str], force: bool, rank: int, lic
         ctx = ExportContext(run=run, out=tmp, spec=render_spec(run), log=log,
                             progress=track("writing and verifying", len(chosen), "format"))
         log(f"Exporting {run.directory.name} ({method}) as {', '.join(chosen)}; verifying each file by reloading it")
-        if method == "lora":
+        produces = method_spec(method).produces
+        if produces == LORA:
             export_lora_run(ctx, chosen)
-        elif method == "textual_inversion":
+        elif produces == EMBEDDING:
             export_ti_run(ctx, chosen)
-        else:
+        elif produces == MODEL:
             export_dreambooth_run(ctx, chosen, rank)
+        else:
+            raise StudioError(f"No exporter writes a {method} run's result ({produces}).")
         report = _write_card_and_report(ctx, chosen, license)
         ctx.progress.update.phase = "done"
         ctx.progress.advance(len(chosen))

@@ -19,8 +19,9 @@ from studio.export.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
 from studio.export.portable_folder import make_portable
 from studio.export.sdxl_names import sdxl_single_file_state
 from studio.export.verify import IMAGE_TOLERANCE, check_image, check_same_weights, image_difference, render
+from studio.methods import method_spec
 
-FULL_FORMATS = ("diffusers", "single-file", "lora")
+FULL_FORMATS = method_spec("dreambooth").export_formats
 
 
 def export_dreambooth_run(ctx: ExportContext, formats: list[str], rank: int) -> None:

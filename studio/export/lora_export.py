@@ -23,10 +23,11 @@ from studio.export.verify import (
     image_difference,
     render,
 )
+from studio.methods import method_spec
 from studio.sampling import GUIDANCE, STEPS
 
 ADAPTER = "verify"
-LORA_FORMATS = ("diffusers", "kohya", "peft")
+LORA_FORMATS = method_spec("lora").export_formats
 DIFFUSERS = "diffusers"
 # The consumers each LoRA layout is written for; export fails if one of them would not load a run's
 # LoRA completely at its trained strength (an SVD extraction reports what each leaves out instead).

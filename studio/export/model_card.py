@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-METHOD_NAMES = {"lora": "LoRA", "dreambooth": "DreamBooth", "textual_inversion": "Textual inversion"}
-METHOD_TAGS = {"lora": "lora", "dreambooth": "dreambooth", "textual_inversion": "textual-inversion"}
+from studio.methods import method_spec
+
 # The Hub's model-family tags (what its filters and SDXL LoRA cards use).
 FAMILY_TAGS = {"sdxl": ["stable-diffusion-xl", "stable-diffusion-xl-diffusers"]}
 SETTINGS_SHOWN = (
@@ -73,7 +73,7 @@ def _scores_table(scores: dict[str, Any]) -> list[str]:
 
 def front_matter(info: dict[str, Any]) -> str:
     family_tags = FAMILY_TAGS.get(info.get("family", "sd1"), ["stable-diffusion"])
-    tags = ["text-to-image", "diffusers", *family_tags, METHOD_TAGS[info["method"]], "studio"]
+    tags = ["text-to-image", "diffusers", *family_tags, method_spec(info["method"]).hub_tag, "studio"]
     data: dict[str, Any] = {
         "base_model": info["base"],
         "library_name": "diffusers",
@@ -88,7 +88,7 @@ def front_matter(info: dict[str, Any]) -> str:
 def render_card(info: dict[str, Any]) -> str:
     """``info``: method, base, title, token, instance_prompt, prompt, settings, files (list of dicts with
     format/path/consumer/check), usage (list of markdown snippets), scores, notes, example_image."""
-    method = METHOD_NAMES[info["method"]]
+    method = method_spec(info["method"]).label
     lines = [front_matter(info), f"# {info['title']}", ""]
     shown = {key for key in SETTINGS_SHOWN if info["method"] in _methods_of(key)}
     lines += [

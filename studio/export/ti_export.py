@@ -21,8 +21,9 @@ from studio.export.verify import (
     image_difference,
     render,
 )
+from studio.methods import method_spec
 
-TI_FORMATS = ("diffusers", "a1111")
+TI_FORMATS = method_spec("textual_inversion").export_formats
 ENCODER_KEYS = dict(zip(("text_encoder", "text_encoder_2"), SDXL_KEYS, strict=True))
 
 

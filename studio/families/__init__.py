@@ -1,23 +1,48 @@
-"""Model families. ``family_for`` picks one from a pipeline's components."""
+"""Model families: one module each, registered in :data:`FAMILIES` (most specific first).
+
+``family_for`` recognises a pipeline (or its components), ``family_for_keys`` a single-file
+checkpoint, ``family_named`` the name a run's result records.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from studio.errors import StudioError
 from studio.families.base import ModelFamily, PromptEmbedding
+from studio.families.flux import FluxFamily
 from studio.families.sd import StableDiffusion2Family, StableDiffusionFamily
+from studio.families.sd3 import StableDiffusion3Family
+from studio.families.sdxl import StableDiffusionXLFamily
+
+FAMILIES: tuple[type[ModelFamily], ...] = (
+    FluxFamily, StableDiffusion3Family, StableDiffusionXLFamily, StableDiffusion2Family, StableDiffusionFamily,
+)
 
 
 def family_for(pipeline_or_components: Any) -> ModelFamily:
     components = getattr(pipeline_or_components, "components", pipeline_or_components)
-    if components.get("text_encoder_2") is not None:
-        from studio.families.sdxl import StableDiffusionXLFamily
-
-        return StableDiffusionXLFamily()
-    text_encoder = components.get("text_encoder")
-    if text_encoder is not None and getattr(text_encoder.config, "hidden_size", 768) == 1024:
-        return StableDiffusion2Family()
-    return StableDiffusionFamily()
+    for family in FAMILIES:
+        if family.detect(components):
+            return family()
+    kinds = ", ".join(f"{name}: {type(c).__name__}" for name, c in components.items() if c is not None)
+    raise StudioError(f"No model family Studio knows has these components ({kinds}); the families are "
+                      f"{', '.join(f.name for f in FAMILIES)}.")
 
 
-__all__ = ["ModelFamily", "PromptEmbedding", "family_for"]
+def family_for_keys(keys: list[str]) -> ModelFamily | None:
+    """The family whose full single-file checkpoint has these tensor names, or None."""
+    for family in FAMILIES:
+        if family.detect_keys(keys):
+            return family()
+    return None
+
+
+def family_named(name: str) -> ModelFamily:
+    for family in FAMILIES:
+        if family.name == name:
+            return family()
+    raise StudioError(f"'{name}' is not a model family Studio knows ({', '.join(f.name for f in FAMILIES)}).")
+
+
+__all__ = ["FAMILIES", "ModelFamily", "PromptEmbedding", "family_for", "family_for_keys", "family_named"]

@@ -64,12 +64,21 @@ def clip_rootless_path(path: str) -> str:
 
 
 class ModelFamily(ABC):
-    """What a trainer, exporter or generator must know about one family of diffusion models."""
+    """What a trainer, exporter or generator must know about one family of diffusion models.
+
+    The family owns the model's shape: its components and denoiser, how it is recognised (from a
+    pipeline's components and from a single file's keys), prompt encoding, the denoiser's inputs, the
+    training objective, and the names each export format uses. Adding a family is one module here,
+    registered in :data:`studio.families.FAMILIES`; nothing outside asks which family it is.
+    """
 
     name: str
+    label: str = ""
     default_resolution: int
+    denoiser_name: str = "unet"
     text_encoder_names: tuple[str, ...]
     tokenizer_names: tuple[str, ...]
+    hub_tags: tuple[str, ...] = ()  # the Hub's model-family tags for a model card
     kohya_base_model_version: str
     modelspec_architecture: str
     # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).
@@ -85,7 +94,7 @@ class ModelFamily(ABC):
             from studio.errors import StudioError
 
             raise StudioError(f"The kohya format has no place for a LoRA on '{component}' of a {self.name} model.")
-        if component != "unet":
+        if component != self.denoiser_name:
             path = clip_rooted_path(path)
         return self.kohya_prefixes[component] + path.replace(".", "_")
 
@@ -93,7 +102,73 @@ class ModelFamily(ABC):
         """A module's key stem in a diffusers LoRA file, as ``save_lora_weights`` writes it under
         transformers 4 (``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``): diffusers accepts
         that root under transformers 4 and 5, and it is the spelling other tools match."""
-        return f"{component}.{path if component == 'unet' else clip_rooted_path(path)}"
+        return f"{component}.{path if component == self.denoiser_name else clip_rooted_path(path)}"
+
+    # --- shape -------------------------------------------------------------------------------------
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """The pipeline components training and export use (safety checkers and the like are not)."""
+        return (self.denoiser_name, "vae", *self.text_encoder_names, *self.tokenizer_names, "scheduler")
+
+    @property
+    def weighted_component_names(self) -> tuple[str, ...]:
+        """Components holding weights that a full-model export must carry."""
+        return (self.denoiser_name, "vae", *self.text_encoder_names)
+
+    @property
+    def lora_text_encoder_names(self) -> tuple[str, ...]:
+        """Text encoders a LoRA may adapt (those the pipeline's ``save_lora_weights`` accepts)."""
+        return self.text_encoder_names
+
+    @property
+    def embedding_text_encoder_names(self) -> tuple[str, ...]:
+        """Text encoders textual inversion adds tokens to (with their tokenizers, in the same order)."""
+        return self.text_encoder_names
+
+    def tokenizer_of(self, text_encoder_name: str) -> str:
+        return self.tokenizer_names[self.text_encoder_names.index(text_encoder_name)]
+
+    # --- detection -----------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def detect(cls, components: dict[str, Any]) -> bool:
+        """Whether a pipeline's components are this family's (asked most specific family first)."""
+
+    @classmethod
+    def detect_keys(cls, keys: list[str]) -> bool:
+        """Whether a single-file checkpoint's tensor names are this family's full model."""
+        return False
+
+    # --- the denoiser and the objective ---------------------------------------------------------
+    def objective(self, scheduler_config: Any):
+        """The training objective (:mod:`studio.families.objective`); DDPM from the scheduler config by default."""
+        from studio.families.objective import DDPMObjective
+
+        return DDPMObjective(scheduler_config)
+
+    def image_tokens(self, latent_height: int, latent_width: int) -> int:
+        """Positions the denoiser sees per image (a resolution-dependent timestep shift reads it)."""
+        return latent_height * latent_width
+
+    def predict(self, denoiser, noisy: torch.Tensor, timesteps: torch.Tensor, embedding: PromptEmbedding,
+                resolution: int) -> torch.Tensor:
+        """The denoiser's prediction, shaped like ``noisy`` (latents [B, C, H, W])."""
+        return denoiser(noisy, timesteps, **self.unet_kwargs(embedding, resolution)).sample
+
+    def unet_kwargs(self, embedding: PromptEmbedding, resolution: int) -> dict[str, Any]:
+        """Keyword arguments for ``unet(latents, t, **kwargs)`` beyond the first two (UNet families)."""
+        raise NotImplementedError(f"{self.name} has no UNet; ask predict() instead.")
+
+    # --- LoRA files -----------------------------------------------------------------------------
+    def save_lora_kwargs(self, states: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the pipeline class's ``save_lora_weights``: ``<component>_lora_layers``
+        and ``<component>_lora_adapter_metadata`` for each adapted component."""
+        kwargs: dict[str, Any] = {}
+        for name, state in states.items():
+            kwargs[f"{name}_lora_layers"] = state
+            if metadata.get(name) is not None:
+                kwargs[f"{name}_lora_adapter_metadata"] = metadata[name]
+        return kwargs
 
     def text_encoders(self, components: dict[str, Any]) -> list[Any]:
         return [components[name] for name in self.text_encoder_names]
@@ -113,10 +188,6 @@ class ModelFamily(ABC):
     @abstractmethod
     def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:
         """Run the text encoder(s); gradients flow when they train."""
-
-    @abstractmethod
-    def unet_kwargs(self, embedding: PromptEmbedding, resolution: int) -> dict[str, Any]:
-        """Keyword arguments for ``unet(latents, t, **kwargs)`` beyond the first two."""
 
     def encode_prompts(self, components: dict[str, Any], prompts: list[str], device=None) -> PromptEmbedding:
         ids = [t.to(device) if device is not None else t for t in self.tokenize(components, prompts)]

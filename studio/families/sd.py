@@ -9,14 +9,33 @@ import torch
 from studio.families.base import ModelFamily, PromptEmbedding
 
 
+def _unet_family(components: dict[str, Any]) -> bool:
+    return components.get("unet") is not None and components.get("text_encoder_2") is None
+
+
+def _text_width(components: dict[str, Any]) -> int:
+    encoder = components.get("text_encoder")
+    return getattr(getattr(encoder, "config", None), "hidden_size", 768)
+
+
 class StableDiffusionFamily(ModelFamily):
     name = "sd1"
+    label = "Stable Diffusion 1.x"
     default_resolution = 512
     text_encoder_names = ("text_encoder",)
     tokenizer_names = ("tokenizer",)
     kohya_base_model_version = "sd_v1"
     modelspec_architecture = "stable-diffusion-v1/lora"
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+    @classmethod
+    def detect(cls, components: dict[str, Any]) -> bool:
+        return _unet_family(components) and _text_width(components) != 1024
+
+    @classmethod
+    def detect_keys(cls, keys: list[str]) -> bool:
+        """The original LDM layout (SD1.x and 2.x share diffusers' single-file loader)."""
+        return any(k.startswith("model.diffusion_model.") for k in keys)
 
     def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:
         (encoder,) = self.text_encoders(components)
@@ -34,6 +53,15 @@ class StableDiffusionFamily(ModelFamily):
 
 class StableDiffusion2Family(StableDiffusionFamily):
     name = "sd2"
+    label = "Stable Diffusion 2.x"
     default_resolution = 768
     kohya_base_model_version = "sd_v2"
     modelspec_architecture = "stable-diffusion-v2/lora"
+
+    @classmethod
+    def detect(cls, components: dict[str, Any]) -> bool:
+        return _unet_family(components) and _text_width(components) == 1024
+
+    @classmethod
+    def detect_keys(cls, keys: list[str]) -> bool:
+        return False  # read by StableDiffusionFamily's loader (the same pipeline class)

@@ -26,12 +26,22 @@ def sdxl_time_ids(resolution: int, batch: int, *, dtype=None, device=None) -> to
 
 class StableDiffusionXLFamily(ModelFamily):
     name = "sdxl"
+    label = "Stable Diffusion XL"
+    hub_tags = ("stable-diffusion-xl", "stable-diffusion-xl-diffusers")
     default_resolution = 1024
     text_encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
     kohya_base_model_version = "sdxl_base_v1-0"
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+    @classmethod
+    def detect(cls, components: dict[str, Any]) -> bool:
+        return components.get("unet") is not None and components.get("text_encoder_2") is not None
+
+    @classmethod
+    def detect_keys(cls, keys: list[str]) -> bool:
+        return any(k.startswith("conditioner.embedders.1") for k in keys)
 
     def kohya_lora_name(self, component: str, path: str, unet_config: Any = None) -> str:
         """SDXL tools name UNet modules by the original SGM blocks (``lora_unet_input_blocks_4_1_…``),

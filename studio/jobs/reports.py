@@ -14,10 +14,10 @@ from typing import Any
 
 from studio.jobs.db import FINISHED, Job
 from studio.jobs.workspace import Workspace
+from studio.run_layout import CONTACT_SHEET_FILE as CONTACT_SHEET  # noqa: F401
+from studio.run_layout import EVAL_DIR  # noqa: F401
+from studio.run_layout import EVAL_REPORT_FILE as REPORT_FILE  # noqa: F401
 
-EVAL_DIR = "eval"
-REPORT_FILE = "report.json"
-CONTACT_SHEET = "contact_sheet.png"
 METRICS = ("clip_i", "clip_t", "dino", "pres", "div")
 METRIC_LABELS = {"clip_i": "CLIP-I", "clip_t": "CLIP-T", "dino": "DINO", "pres": "PRES", "div": "DIV"}
 LOWER_IS_BETTER = {"pres"}

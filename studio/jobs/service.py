@@ -18,10 +18,9 @@ from studio.errors import StudioError
 from studio.jobs.db import CANCELLED, FINISHED, QUEUED, RESUMABLE_STATES, RUNNING, Job
 from studio.jobs.workspace import Workspace
 from studio.names import safe_name
+from studio.run_layout import CANCEL_FILE, RESULT_FILE  # noqa: F401
 from studio.settings import TrainConfig
 
-CANCEL_FILE = "cancel.request"  # the trainer's stop flag (trainers.base.CANCEL_FILE)
-RESULT_FILE = "result.json"
 EXPORTS_DIR = "exports"
 DEVICE_ENV = "STUDIO_DEVICE"
 

@@ -19,7 +19,6 @@ from studio.models.builtin import builtin_path, builtins, is_builtin
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-TRAINING_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 @dataclass
@@ -34,7 +33,9 @@ class BaseModel:
 
     @property
     def components(self) -> dict[str, Any]:
-        return {name: c for name, c in self.pipeline.components.items() if name in TRAINING_COMPONENTS and c is not None}
+        """The components training uses (the family's list: denoiser, VAE, text encoders, tokenizers, scheduler)."""
+        names = self.family.component_names
+        return {name: c for name, c in self.pipeline.components.items() if name in names and c is not None}
 
     @property
     def family(self):
@@ -99,8 +100,10 @@ def _folder_pipeline(path: Path, allow_pickle: bool, torch_dtype):
 
 
 def _single_file_pipeline(path: Path, allow_pickle: bool, torch_dtype, config: str | None):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
+
+    from studio.families import family_for_keys
 
     refuse_pickle(path, allow_pickle)
     pipeline_class = StableDiffusionPipeline
@@ -110,9 +113,10 @@ def _single_file_pipeline(path: Path, allow_pickle: bool, torch_dtype, config: s
                 keys = list(handle.keys())
         except Exception as error:
             raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from error
-        if any(k.startswith("conditioner.embedders.1") for k in keys):
-            pipeline_class = StableDiffusionXLPipeline
-        elif not any(k.startswith("model.diffusion_model.") for k in keys):
+        family = family_for_keys(keys)
+        if family is not None:
+            pipeline_class = family.pipeline_classes()[0]
+        else:
             raise ModelLoadError(
                 f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' keys). "
                 "LoRA or embedding files are adapters: pass them with --adapter, not as the base model.",
@@ -210,6 +214,17 @@ def load_configured_base(config) -> BaseModel:
         raise PickleRefusedError(text) from error
 
 
+def _tokenizer(folder: Path):
+    """A tokenizer folder as its config names it: CLIP's BPE, or another (T5's) through AutoTokenizer."""
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    config = folder / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class", "") if config.is_file() else ""
+    if not declared or declared.startswith("CLIP"):
+        return CLIPTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def load_tokenizers(ref: str, *, allow_pickle: bool = False) -> list[Any]:
     """Only the tokenizer(s) of a base model: cheap, for identifier checks."""
     from transformers import CLIPTokenizer
@@ -217,8 +232,8 @@ def load_tokenizers(ref: str, *, allow_pickle: bool = False) -> list[Any]:
     kind = describe_ref_kind(ref)
     if kind in ("builtin", "folder"):
         folder = builtin_path(ref) if kind == "builtin" else Path(ref).expanduser()
-        names = [n for n in ("tokenizer", "tokenizer_2") if (folder / n).is_dir()]
-        return [CLIPTokenizer.from_pretrained(str(folder / n)) for n in names]
+        names = [n for n in ("tokenizer", "tokenizer_2", "tokenizer_3") if (folder / n).is_dir()]
+        return [_tokenizer(folder / n) for n in names]
     if kind == "hub":
         try:
             return [CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer")]

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from studio.run_layout import EVENTS_FILE, RESULT_FILE  # noqa: F401 - re-exported
+
 VALIDATION_EVENT = "validation"
 OVERFITTING_EVENT = "overfitting"
 EARLY_STOP_EVENT = "early_stop"
@@ -19,8 +21,6 @@ NOTE_EVENT = "validation_note"
 VALIDATION_DIR = "validation"  # RUN/validation/step-NNNNNN/PP-sS.png, class-sS.png
 CONTACT_SHEET_FILE = "contact_sheet.png"  # RUN/validation/contact_sheet.png: the checkpoints side by side
 BEST_KEY = "best_checkpoint"  # in result.json
-EVENTS_FILE = "events.jsonl"
-RESULT_FILE = "result.json"
 FINAL = "final"
 BEST = "best"
 

@@ -1,0 +1,99 @@
+"""Stable Diffusion 3 / 3.5: the MMDiT transformer with CLIP-L, CLIP-G and (optional) T5, flow matching.
+
+What the transformer is conditioned on, as in diffusers' ``StableDiffusion3Pipeline.encode_prompt``:
+- ``encoder_hidden_states``: the penultimate hidden states of CLIP-L and CLIP-G concatenated on the
+  feature axis, zero-padded to T5's width, followed on the sequence axis by T5's last hidden state;
+  without T5 (``text_encoder_3`` left out, as diffusers allows) zeros of T5's shape stand in;
+- ``pooled_projections``: both CLIP encoders' projected pooled outputs, concatenated.
+Latents are not packed; the timestep is σ × 1000 as the pipeline passes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from studio.families.base import ModelFamily, PromptEmbedding
+from studio.families.objective import FlowMatchingObjective, FlowSampling
+
+T5_SEQUENCE_LENGTH = 256  # the pipeline's default max_sequence_length
+
+
+def _is(component: Any, class_name: str) -> bool:
+    return component is not None and type(component).__name__ == class_name
+
+
+class StableDiffusion3Family(ModelFamily):
+    name = "sd3"
+    label = "Stable Diffusion 3.5"
+    default_resolution = 1024
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    tokenizer_names = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    hub_tags = ("sd3", "sd3-diffusers")
+    kohya_base_model_version = "sd3"
+    modelspec_architecture = "stable-diffusion-v3-medium/lora"
+    kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+    @classmethod
+    def detect(cls, components: dict[str, Any]) -> bool:
+        return _is(components.get("transformer"), "SD3Transformer2DModel")
+
+    @classmethod
+    def detect_keys(cls, keys: list[str]) -> bool:
+        return any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys)
+
+    def present_text_encoders(self, components: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(name for name in self.text_encoder_names if components.get(name) is not None)
+
+    @property
+    def lora_text_encoder_names(self) -> tuple[str, ...]:
+        return ("text_encoder", "text_encoder_2")  # the CLIP encoders (StableDiffusion3Pipeline.save_lora_weights)
+
+    @property
+    def embedding_text_encoder_names(self) -> tuple[str, ...]:
+        return ("text_encoder", "text_encoder_2")
+
+    def text_encoders(self, components: dict[str, Any]) -> list[Any]:
+        return [components[name] for name in self.present_text_encoders(components)]
+
+    def tokenizers(self, components: dict[str, Any]) -> list[Any]:
+        return [components[self.tokenizer_of(name)] for name in self.present_text_encoders(components)]
+
+    def objective(self, scheduler_config: Any):
+        """Logit-normal σ (the SD3 paper's and diffusers' SD3 scripts' choice) with the scheduler's shift (3.0)."""
+        return FlowMatchingObjective(FlowSampling(density="logit_normal", shift=float(dict(scheduler_config).get("shift", 3.0))))
+
+    def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:
+        encoders = self.text_encoders(components)
+        clip_hidden, pooled = [], []
+        for encoder, ids in zip(encoders[:2], token_ids[:2], strict=True):
+            device = next(encoder.parameters()).device
+            output = encoder(ids.to(device), output_hidden_states=True)
+            clip_hidden.append(output.hidden_states[-2])
+            pooled.append(output[0])
+        device = clip_hidden[0].device
+        clip = torch.cat([h.to(device) for h in clip_hidden], dim=-1)
+        transformer = components.get("transformer")
+        width = transformer.config.joint_attention_dim if transformer is not None else None
+        if len(encoders) > 2:
+            t5 = encoders[2]
+            t5_hidden = t5(token_ids[2].to(next(t5.parameters()).device))[0].to(device)
+            width = t5_hidden.shape[-1]
+        else:
+            if width is None:
+                raise ValueError("SD3 without T5 needs the transformer's joint_attention_dim to size the empty T5 part.")
+            t5_hidden = torch.zeros(clip.shape[0], T5_SEQUENCE_LENGTH, width, device=device, dtype=clip.dtype)
+        clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
+        return PromptEmbedding(torch.cat([clip, t5_hidden.to(clip.dtype)], dim=-2),
+                               torch.cat([p.to(device) for p in pooled], dim=-1))
+
+    def predict(self, denoiser, noisy, timesteps, embedding: PromptEmbedding, resolution: int) -> torch.Tensor:
+        return denoiser(hidden_states=noisy, timestep=timesteps.to(noisy.dtype), encoder_hidden_states=embedding.hidden,
+                        pooled_projections=embedding.pooled, return_dict=False)[0]
+
+    def pipeline_classes(self) -> tuple[type, type]:
+        from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline
