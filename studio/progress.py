@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from studio.validation.history import (
+    EARLY_STOP_EVENT,
+    NOTE_EVENT,
+    OVERFITTING_EVENT,
+    VALIDATION_EVENT,
+    validation_line,
+)
+
 
 class TrainingProgressBar:
     """Listener for trainer events: a tqdm bar with loss, lr and ETA; other events printed above it."""
@@ -21,6 +29,10 @@ class TrainingProgressBar:
             self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
         elif kind == "checkpoint_skipped":
             (self.bar.write if self.bar is not None else print)(f"warning: {event['message']}")
+        elif kind == VALIDATION_EVENT:
+            (self.bar.write if self.bar is not None else print)(validation_line(event))
+        elif kind in (OVERFITTING_EVENT, EARLY_STOP_EVENT, NOTE_EVENT, "note"):
+            (self.bar.write if self.bar is not None else print)(event["message"])
         elif kind in ("checkpoint", "sample") and self.bar is not None:
             self.bar.write(f"step {event['step']}: {kind} written")
         elif kind in ("finished", "failed", "cancelled") and self.bar is not None:

@@ -173,10 +173,13 @@ class Validator:
             allowed, skipped = self._score_allowed(step)
             record: dict[str, Any] = {"step": step, "candidate": candidate, **losses, "scores": None}
             if allowed:
+                setup_s = self._prepare()  # once per session: backbones and reference embeddings
                 started = time.perf_counter()
                 record.update(self._quick_score(step))
                 self.last_score_cost = time.perf_counter() - started
                 record["score_s"] = round(self.last_score_cost, 3)
+                if setup_s:
+                    record["setup_s"] = round(setup_s, 3)
             else:
                 record["skipped"] = skipped
         finally:
@@ -232,17 +235,19 @@ class Validator:
         more = build_prompts(dreambench_templates(noun), token, noun)
         return ([first] + [p for p in more if p.prompt != instance])[: self.config.validation_prompts]
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> float:
+        """Load the backbones and embed the subject's photos (first score of a session); returns the seconds."""
         if self.embedder is not None:
-            return
+            return 0.0
+        started = time.perf_counter()
         self.embedder = Embedder(self._backbone("clip"), self._backbone("dino"))
         self.references = reference_embeddings(self.embedder, list(self.trainer.subject.image_paths))
         self.prompt_set = self._prompts()
         self.text_embeddings = self.embedder.embed_texts([p.text for p in self.prompt_set])
+        return time.perf_counter() - started
 
     def _quick_score(self, step: int) -> dict[str, Any]:
         trainer, config = self.trainer, self.config
-        self._prepare()
         seeds = list(range(config.validation_images_per_prompt))
         requests = [(i, p, seed) for i, p in enumerate(self.prompt_set) for seed in seeds]
         prompts = [trainer.method.pipeline_prompt(p.prompt) for _, p, _ in requests]

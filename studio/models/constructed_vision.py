@@ -169,8 +169,10 @@ def set_feature_mlp(fc1: torch.nn.Linear, fc2: torch.nn.Linear, layout: Layout) 
             fc2.weight[target, unit] = 1.0
             fc2.weight[target + 1, unit] = -1.0
             unit += 1
-        fc2.bias[target] = -ENERGY_CENTRES[filt]
-        fc2.bias[target + 1] = ENERGY_CENTRES[filt]
+        # Half the centre: the CLS token keeps its own (zero-feature) copy of this bias and then
+        # receives the pooled mean, which holds it once more.
+        fc2.bias[target] = -ENERGY_CENTRES[filt] / 2
+        fc2.bias[target + 1] = ENERGY_CENTRES[filt] / 2
     if unit > fc1.out_features:
         raise ValueError(f"the MLP needs {unit} hidden units, it has {fc1.out_features}")
 

@@ -96,3 +96,17 @@ def score_series(records: list[dict]) -> list[dict]:
         rows += [{"step": record["step"], "metric": name, "value": value} for name, value in values.items()
                  if value is not None]
     return rows
+
+
+def validation_line(record: dict) -> str:
+    """One plain line for a terminal: ``step 200: validation loss 0.2065, DINO 0.294, … (best so far: step 200)``."""
+    scores = record.get("scores") or {}
+    parts = [f"validation loss {record['loss']:.4f}"] if record.get("loss") is not None else []
+    if record.get("class_loss") is not None:
+        parts.append(f"class images {record['class_loss']:.4f}")
+    labels = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES"}
+    parts += [f"{label} {scores[key]:.3f}" for key, label in labels.items() if scores.get(key) is not None]
+    if record.get("skipped"):
+        parts.append("subject score skipped (time budget)")
+    tail = f" (best so far: step {record['best_step']})" if record.get("best_step") is not None else ""
+    return f"step {record['step']}: " + ", ".join(parts) + tail
