@@ -16,12 +16,14 @@ from typing import Any
 
 from studio.errors import StudioError
 from studio.methods import method_spec
-from studio.sampling import GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
+from studio.sampling import GUIDANCE, IMAGE_GUIDANCE, IMG2IMG_STRENGTH, PLAYGROUND_STEPS
 
 
 @dataclass
 class Request:
-    """One playground generation; ``init_image`` (a path or PIL image) switches to img2img."""
+    """One playground generation; ``init_image`` (a path or PIL image) switches to img2img, and with ``mask`` to
+    inpainting, with ``instruction`` to an instruction edit; ``control`` adds a ControlNet (see
+    :class:`studio.generate.GenerationRequest`, whose fields these are)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -29,10 +31,17 @@ class Request:
     steps: int = PLAYGROUND_STEPS
     seed: int = 0
     init_image: Any = None
-    strength: float = IMG2IMG_STRENGTH
+    strength: float | None = IMG2IMG_STRENGTH  # None: the task's default (inpainting repaints from scratch)
     compare_base: bool = True
     width: int | None = None  # None: the run's training resolution (img2img too: the start image is resized)
     height: int | None = None
+    mask: Any = None
+    inpaint_base: str | None = None
+    control: Any = None  # studio.control.ControlSpec
+    instruction: str | None = None
+    instruct_base: str | None = None
+    image_guidance: float = IMAGE_GUIDANCE
+    keep_outside: bool = True
 
 
 def strip_tokens(prompt: str, tokens: list[str]) -> str:
@@ -104,45 +113,55 @@ class Playground:
                  front: str = "api") -> tuple[Any, Any]:
         """``(base image or None, personalised image)`` for ``request`` with the chosen runs (checked against
         :mod:`studio.limits`; ``front`` says whose control names the messages use)."""
-        made = dict(self.generate_each(run_dirs, request, weights, front=front))
+        made = {role: image for role, image, _ in self.generate_each(run_dirs, request, weights, front=front)}
         return made.get("base"), made["personalised"]
 
     def generate_each(self, run_dirs: list[str | Path], request: Request, weights: list[float] | None = None, *,
                       front: str = "api", progress: Callable[[str, int, int], None] | None = None,
-                      ) -> Iterator[tuple[str, Any]]:
-        """Yield ``("personalised", image)`` and then, when asked for, ``("base", image)``, each as soon as it
-        is made; ``progress(role, step, steps)`` follows the denoising steps."""
+                      ) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+        """Yield ``("personalised", image, recipe)`` and then, when asked for, ``("base", image, recipe)``, each as
+        soon as it is made (the recipe: :mod:`studio.recipe`); ``progress(role, step, steps)`` follows the
+        denoising steps."""
         import torch
 
         from studio.generate import GenerationRequest, check_request
 
-        check_request(GenerationRequest(  # limits first: nothing loads for a request that will be refused
-            prompt=request.prompt, negative_prompt=request.negative_prompt or None, guidance=request.guidance,
-            steps=request.steps, seed=request.seed, strength=request.strength, width=request.width,
-            height=request.height), len(run_dirs), front)
-        selection = select_runs(run_dirs, weights)
-
-        def ask(prompt: str) -> GenerationRequest:
+        def ask(prompt: str, instruction: str | None, side: int | None = None) -> GenerationRequest:
             return GenerationRequest(
                 prompt=prompt, negative_prompt=request.negative_prompt or None, guidance=float(request.guidance),
                 steps=int(request.steps), seed=int(request.seed), init_image=request.init_image,
-                strength=float(request.strength),
-                width=int(request.width or selection.resolution), height=int(request.height or selection.resolution),
+                strength=None if request.strength is None else float(request.strength),
+                width=int(request.width or side) if request.width or side else None,
+                height=int(request.height or side) if request.height or side else None,
+                mask=request.mask, keep_outside=bool(request.keep_outside), inpaint_base=request.inpaint_base or None,
+                control=request.control, instruction=instruction, instruct_base=request.instruct_base or None,
+                image_guidance=float(request.image_guidance),
             )
+
+        # limits first: nothing loads for a request that will be refused
+        check_request(ask(request.prompt, request.instruction), len(run_dirs), front)
+        selection = select_runs(run_dirs, weights)
 
         def steps_of(role: str):
             return None if progress is None else (lambda step, total: progress(role, step, total))
 
         try:
             options = {"front": front, "allow_pickle": selection.allow_pickle}
-            yield "personalised", self.personalised.generate(
-                selection.base, ask(request.prompt), selection.adapters, progress=steps_of("personalised"), **options,
-            ).images[0]
+            made = self.personalised.generate(
+                selection.base, ask(request.prompt, request.instruction, selection.resolution), selection.adapters,
+                progress=steps_of("personalised"), **options,
+            )
+            yield "personalised", made.images[0], made.recipes[0]
             if request.compare_base:
                 plain = strip_tokens(request.prompt, selection.tokens) or request.prompt
-                yield "base", self._base(selection).generate(
-                    selection.original_base, ask(plain), [], progress=steps_of("base"), **options,
-                ).images[0]
+                instruction = request.instruction
+                if instruction is not None:
+                    instruction = strip_tokens(instruction, selection.tokens) or instruction
+                made = self._base(selection).generate(
+                    selection.original_base, ask(plain, instruction, selection.resolution), [],
+                    progress=steps_of("base"), **options,
+                )
+                yield "base", made.images[0], made.recipes[0]
         except torch.OutOfMemoryError as error:
             raise StudioError("Out of memory while generating; lower the size or the steps, or wait for the running "
                               "job to finish.") from error

@@ -47,10 +47,16 @@ def _build_controlnet(base: str, seed: int, directory: Path) -> None:
 
     controlnet = ControlNetModel.from_unet(_load_unet(base), conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
     generator = torch.Generator().manual_seed(seed)
-    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                  controlnet.controlnet_cond_embedding.conv_out]
+    embedding = controlnet.controlnet_cond_embedding
     with torch.no_grad():
-        for conv in zero_convs:
+        # The conditioning embedding carries the control image at unit scale (a default initialisation lets
+        # it fade through the SiLU stack), so the image, not just its presence, steers the ControlNet.
+        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+            fan_in = conv.weight[0].numel()
+            gain = 1.0 if conv is embedding.conv_out else 2.0
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * gain / fan_in ** 0.5)
+            conv.bias.zero_()
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * ZERO_CONV_STD)
             conv.bias.zero_()
     controlnet.save_pretrained(str(directory), safe_serialization=True)
@@ -74,23 +80,26 @@ def _widened_unet(base: str, in_channels: int, seed: int):
 def _build_variant(pipeline_class: str, in_channels: int, seed: int, directory: Path) -> None:
     import diffusers
 
-    base = diffusers.DiffusionPipeline.from_pretrained(str(builtin_path("tiny-sd")))
+    from studio.quiet import quiet_loaders
+
+    with quiet_loaders():
+        base = diffusers.DiffusionPipeline.from_pretrained(str(builtin_path("tiny-sd")))
     components = {**base.components, "unet": _widened_unet("tiny-sd", in_channels, seed)}
     pipe = getattr(diffusers, pipeline_class)(**components)
     pipe.save_pretrained(str(directory), safe_serialization=True)
 
 
-def _version(base: str) -> str:
-    return f"1-{base}{get_builtin(base).version}"  # rebuilt whenever the base changes
+def _version(base: str, own: int = 1) -> str:
+    return f"{own}-{base}{get_builtin(base).version}"  # rebuilt whenever the base changes
 
 
 register(BuiltinModel(
-    name="tiny-controlnet", kind="controlnet", version=_version("tiny-sd"),
+    name="tiny-controlnet", kind="controlnet", version=_version("tiny-sd", 2),
     description="ControlNet for tiny-sd (SD1.x architecture, 64 px, random weights): offline ControlNet tests.",
     build=lambda directory: _build_controlnet("tiny-sd", 30, directory), resolution=64, expectations=_EXPECTATION,
 ))
 register(BuiltinModel(
-    name="tiny-controlnet-sdxl", kind="controlnet", version=_version("tiny-sdxl"),
+    name="tiny-controlnet-sdxl", kind="controlnet", version=_version("tiny-sdxl", 2),
     description="ControlNet for tiny-sdxl (SDXL architecture, 64 px, random weights): offline ControlNet tests.",
     build=lambda directory: _build_controlnet("tiny-sdxl", 31, directory), resolution=64, expectations=_EXPECTATION,
 ))
