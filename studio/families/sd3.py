@@ -61,6 +61,15 @@ class StableDiffusion3Family(ModelFamily):
     def tokenizers(self, components: dict[str, Any]) -> list[Any]:
         return [components[self.tokenizer_of(name)] for name in self.present_text_encoders(components)]
 
+    def tokenize(self, components: dict[str, Any], prompts: list[str]) -> list[torch.Tensor]:
+        """CLIP ids padded to 77; T5's to the pipeline's ``max_sequence_length`` (256), not the tokenizer's 512."""
+        ids = []
+        for tokenizer in self.tokenizers(components):
+            length = tokenizer.model_max_length if tokenizer is not components.get("tokenizer_3") else T5_SEQUENCE_LENGTH
+            ids.append(tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                                 return_tensors="pt").input_ids)
+        return ids
+
     def objective(self, scheduler_config: Any):
         """Logit-normal σ (the SD3 paper's and diffusers' SD3 scripts' choice) with the scheduler's shift (3.0)."""
         return FlowMatchingObjective(FlowSampling(density="logit_normal", shift=float(dict(scheduler_config).get("shift", 3.0))))

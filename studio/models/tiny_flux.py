@@ -44,11 +44,11 @@ FLUX_DEV_SCHEDULER = {
 }
 
 
-def tiny_t5_encoder(vocab_size: int):
+def tiny_t5_encoder(vocab_size: int, d_model: int = T5_DIM):
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(
-        vocab_size=vocab_size, d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
         dropout_rate=0.0, is_encoder_decoder=False, use_cache=False,
     ))
