@@ -133,3 +133,21 @@ def test_no_validation_without_checkpoints_or_when_switched_off(sample_subject, 
     for name in ("a", "b"):
         assert validation_records(tmp_path / name) == []
         assert "best_checkpoint" not in json.loads((tmp_path / name / "result.json").read_text())
+
+
+def test_eval_defaults_to_the_best_checkpoint_and_pickers_list_the_choices(prior_run):
+    from studio.evaluation import evaluate_run
+    from studio.validation.history import checkpoint_choices
+
+    run_dir, result = prior_run
+    best = result["best_checkpoint"]
+    options = {"clip": "tiny-clip", "dino": "tiny-dino", "max_prompts": 1, "images_per_prompt": 1, "class_images": 0,
+               "steps": 2, "base": False}
+    report = evaluate_run(run_dir, **options)
+    assert report["checkpoint"] == {"choice": "best", "step": best["step"], "final": best["final"]}
+    assert evaluate_run(run_dir, checkpoint=20, **options)["checkpoint"]["step"] == 20
+    assert evaluate_run(run_dir, checkpoint="final", **options)["checkpoint"] == {"choice": "final", "step": 30,
+                                                                                  "final": True}
+    choices = checkpoint_choices(run_dir)
+    assert choices[0][1] == "best" and choices[1] == ("final result", "final")
+    assert ("checkpoint step 20", "20") in choices

@@ -78,10 +78,14 @@ def run_eval(job: Job) -> None:
 
 def run_export(job: Job) -> None:
     from studio.export import export_run
+    from trainers.checkpoint_view import checkpoint_run
 
     params = job.params
     extra = _accepted(export_run, {"log": lambda message: print(message, flush=True)})
-    result = export_run(job.run_dir, params["formats"], params["out_dir"], force=bool(params.get("force", True)), **extra)
+    weights = checkpoint_run(job.run_dir, params.get("checkpoint", "best"))  # the best checkpoint unless asked
+    if weights != Path(job.run_dir).resolve():
+        print(f"exporting checkpoint {weights.parent.name} (checkpoint: {params.get('checkpoint', 'best')})", flush=True)
+    result = export_run(weights, params["formats"], params["out_dir"], force=bool(params.get("force", True)), **extra)
     for item in getattr(result, "files", []) or []:
         print(f"  {item.get('path')}: {item.get('format')} ({item.get('check', 'verified')})", flush=True)
     print(f"exported to {params['out_dir']}", flush=True)

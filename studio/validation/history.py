@@ -110,3 +110,19 @@ def validation_line(record: dict) -> str:
         parts.append("subject score skipped (time budget)")
     tail = f" (best so far: step {record['best_step']})" if record.get("best_step") is not None else ""
     return f"step {record['step']}: " + ", ".join(parts) + tail
+
+
+def checkpoint_choices(run_dir: str | Path) -> list[tuple[str, str]]:
+    """(label, value) pairs for a picker: best (the default), final, then each kept checkpoint's step."""
+    run_dir = Path(run_dir)
+    best = read_best(run_dir)
+    if best:
+        where = "the final result" if best.get("final") else f"step {best['step']}"
+        choices = [(f"best: {where} ({best.get('metric', '')} {best.get('value') or 0:.3f})", BEST)]
+    else:
+        choices = [("best: the final result (no validation recorded)", BEST)]
+    choices.append(("final result", FINAL))
+    root = run_dir / "checkpoints"
+    steps = sorted(int(p.name.removeprefix("step-")) for p in root.glob("step-*") if p.name[5:].isdigit()) \
+        if root.is_dir() else []
+    return choices + [(f"checkpoint step {step}", str(step)) for step in steps]
