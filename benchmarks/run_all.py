@@ -27,14 +27,14 @@ def run(module: str, *args: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=("train_speed", "eval_speed", "memory"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("train_speed", "eval_speed", "validation_cost", "memory"))
     parser.add_argument("--sd15-speed", action="store_true", help="also time LoRA on SD1.5 at 512 px with real kernels (slow on a CPU)")
     parser.add_argument("--real-memory", nargs="*", default=[], help="memory configurations to repeat with real kernels (slow on a CPU)")
     args = parser.parse_args(argv)
     common.setup_environment()
     took: dict[str, float] = {}
     names = ["train_speed"]
-    for name in ("train_speed", "eval_speed", "memory"):
+    for name in ("train_speed", "eval_speed", "validation_cost", "memory"):
         if name not in args.skip:
             took[name] = run(name)
     if args.sd15_speed:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.real_memory:
         took["memory_real"] = run("memory", "--compute", "real", "--name", "memory_real", "--only", *args.real_memory)
     run("targets")
-    names += ["eval_speed", "memory", "memory_real", "targets"]
+    names += ["eval_speed", "validation_cost", "memory", "memory_real", "targets"]
     sections = [f"Total {sum(took.values()) / 60:.1f} min: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in took.items())]
     sections += [(common.RESULTS / f"{n}.md").read_text() for n in names if (common.RESULTS / f"{n}.md").exists()]
     from studio.atomic import write_text

@@ -13,6 +13,7 @@ from benchmarks import common
 from benchmarks.train_speed import ratios
 
 OVERHEAD_MAX = 1.15
+VALIDATION_SHARE_MAX = 0.15  # issue 18: validation while training costs at most 15 % of training time
 LORA_FLOOR_RATIO_MAX = 1.5
 LORA_BF16_MAX_GB = 4.0
 DREAMBOOTH_8BIT_MAX_GB = 10.0
@@ -56,6 +57,10 @@ def check() -> list[dict[str, Any]]:
                 if pays is not None:
                     add(f"time saved by caching / VAE+TE forward cost ({how}), {r['method']}, {speed['arch']}", pays, 1.0,
                         pays >= 1.0, f"{name}.json")
+    for r in (_load("validation_cost") or {}).get("rows", []):
+        if r.get("mode", "").endswith("(the default)") and r.get("share") is not None:
+            add(f"validation time / training time, default validation_budget, {r['recipe']}", r["share"],
+                VALIDATION_SHARE_MAX, r["share"] <= VALIDATION_SHARE_MAX, "validation_cost.json")
     memory = _memory_rows()
 
     def mem(config: str, target: str, value_key: str, limit: float, floor_ratio: bool = False) -> None:
