@@ -151,3 +151,14 @@ def test_eval_defaults_to_the_best_checkpoint_and_pickers_list_the_choices(prior
     choices = checkpoint_choices(run_dir)
     assert choices[0][1] == "best" and choices[1] == ("final result", "final")
     assert ("checkpoint step 20", "20") in choices
+
+
+def test_a_tracker_whose_package_is_missing_is_left_out_with_a_plain_note(sample_subject, tmp_path):
+    from trainers.trackers import available
+
+    if available("tensorboard"):
+        pytest.skip("tensorboard is installed here; this test is about a machine without it")
+    trainers.train(tiny_config("lora", steps=2, report_to="tensorboard"), sample_subject, tmp_path / "run")
+    notes = [e for e in read_events(tmp_path / "run") if e["type"] == "note"]
+    assert len(notes) == 1 and "pip install tensorboard" in notes[0]["message"]
+    assert read_events(tmp_path / "run")[-1]["type"] == "finished" and not (tmp_path / "run" / "tensorboard").exists()
