@@ -153,12 +153,16 @@ def test_eval_defaults_to_the_best_checkpoint_and_pickers_list_the_choices(prior
     assert ("checkpoint step 20", "20") in choices
 
 
-def test_a_tracker_whose_package_is_missing_is_left_out_with_a_plain_note(sample_subject, tmp_path):
+def test_tensorboard_gets_the_losses_and_scores_or_a_plain_note_when_it_is_missing(sample_subject, tmp_path):
     from trainers.trackers import available
 
-    if available("tensorboard"):
-        pytest.skip("tensorboard is installed here; this test is about a machine without it")
-    trainers.train(tiny_config("lora", steps=2, report_to="tensorboard"), sample_subject, tmp_path / "run")
-    notes = [e for e in read_events(tmp_path / "run") if e["type"] == "note"]
-    assert len(notes) == 1 and "pip install tensorboard" in notes[0]["message"]
-    assert read_events(tmp_path / "run")[-1]["type"] == "finished" and not (tmp_path / "run" / "tensorboard").exists()
+    run_dir = tmp_path / "run"
+    trainers.train(_config("lora", steps=10, report_to="tensorboard"), sample_subject, run_dir)
+    notes = [e for e in read_events(run_dir) if e["type"] == "note"]
+    assert read_events(run_dir)[-1]["type"] == "finished"
+    if available("tensorboard"):  # with the package: event files with the validation scalars
+        files = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+        assert notes == [] and files and any(b"validation/dino" in f.read_bytes() for f in files)
+    else:
+        assert len(notes) == 1 and "pip install tensorboard" in notes[0]["message"]
+        assert not (run_dir / "tensorboard").exists()
