@@ -230,6 +230,25 @@ def _load_per_encoder_embeddings(pipeline, files: list[Path], token: str) -> Non
         encoder = path.stem.removeprefix("learned_embeds_")
         tokenizer = encoder.replace("text_encoder", "tokenizer")
         rows = load_file(str(path))[token]
-        pipeline.load_textual_inversion(
-            rows, token=token, text_encoder=getattr(pipeline, encoder), tokenizer=getattr(pipeline, tokenizer)
-        )
+        if hasattr(pipeline, "load_textual_inversion"):
+            pipeline.load_textual_inversion(
+                rows, token=token, text_encoder=getattr(pipeline, encoder), tokenizer=getattr(pipeline, tokenizer)
+            )
+        else:  # pipelines without diffusers' textual-inversion loader (SD3): the same rows, added directly
+            add_token_rows(getattr(pipeline, tokenizer), getattr(pipeline, encoder), token, rows)
+
+
+def add_token_rows(tokenizer, encoder, token: str, rows) -> None:
+    """Add ``token`` (and ``token_1``… for more rows) to ``tokenizer`` and their rows to ``encoder``'s
+    embedding, as diffusers' ``load_textual_inversion`` does."""
+    import torch
+
+    rows = rows if rows.ndim == 2 else rows[None]
+    tokens = [token] + [f"{token}_{i}" for i in range(1, rows.shape[0])]
+    if tokenizer.add_tokens(tokens) != len(tokens):
+        raise AdapterError(f"Cannot add embedding '{token}': the tokenizer already knows one of {tokens}.")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    encoder.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        weight = encoder.get_input_embeddings().weight
+        weight[ids] = rows.to(weight.device, weight.dtype)

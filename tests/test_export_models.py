@@ -123,16 +123,14 @@ def test_ldm_names_for_an_sd15_shaped_unet_invert_diffusers_conversion():
     assert all(torch.equal(back[k], state[k]) for k in state)
 
 
-@pytest.mark.parametrize("bad", ["sd2"])
+@pytest.mark.parametrize("bad", ["sd2", "sd3", "flux"])
 def test_single_file_refuses_other_families(bad):
     from studio.errors import StudioError
     from studio.export.full_model import single_file_state
-
-    class Family:
-        name = bad
+    from studio.families import family_named
 
     with pytest.raises(StudioError, match="SD1.x"):
-        single_file_state(None, Family())
+        single_file_state(None, family_named(bad))
 
 
 def test_eval_scores_are_read_defensively(tmp_path):

@@ -76,7 +76,13 @@ class TextualInversionMethod(Method):
                 module.requires_grad_(False)
         initializer = self.config.initializer_token or self.subject.class_noun
         self.token_ids: dict[str, list[int]] = {}
-        for tokenizer_name, encoder_name in zip(self.family.tokenizer_names, self.family.text_encoder_names, strict=True):
+        if self.config.num_vectors > 1 and not hasattr(self.base.pipeline, "maybe_convert_prompt"):
+            raise ConfigError(
+                f"{type(self.base.pipeline).__name__} cannot expand a multi-vector token in prompts (it has no "
+                "textual-inversion loader); set num_vectors=1 for this model."
+            )
+        for encoder_name in self.encoder_names:
+            tokenizer_name = self.family.tokenizer_of(encoder_name)
             tokenizer, encoder = self.components[tokenizer_name], self.components[encoder_name]
             init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
             if not init_ids:
@@ -95,11 +101,16 @@ class TextualInversionMethod(Method):
             encoder.set_input_embeddings(EmbeddingWithNewRows(vocabulary, start.expand(len(ids), -1)))
             self.token_ids[encoder_name] = ids
 
+    @property
+    def encoder_names(self) -> tuple[str, ...]:
+        """The text encoders that get the new tokens: the family's CLIP encoders (not T5)."""
+        return self.family.embedding_text_encoder_names
+
     def text_encoder_trains(self) -> bool:
         return True
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        return {name: self.components[name] for name in self.family.text_encoder_names}
+        return {name: self.components[name] for name in self.encoder_names}
 
     def learned_embeddings(self) -> dict[str, torch.Tensor]:
         """Per text encoder, the [num_vectors, dim] learned rows."""

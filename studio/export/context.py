@@ -44,8 +44,8 @@ class ExportContext:
 
     @property
     def unet_config(self):
-        """The run's UNet config (SDXL's kohya and single-file names follow its block layout)."""
-        return self.reference_pipeline().unet.config
+        """The run's denoiser config (SDXL's kohya and single-file names follow its UNet's block layout)."""
+        return getattr(self.reference_pipeline(), self.family.denoiser_name).config
 
     @property
     def base(self) -> str:

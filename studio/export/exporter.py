@@ -179,7 +179,9 @@ def _typed_instance_prompt(run) -> str:
 
 def _check_supported(family: str, formats: list[str]) -> None:
     """Refuse, before any work, combinations no writer supports yet."""
-    if family not in ("sd1", "sdxl") and "single-file" in formats:
+    from studio.families import family_named
+
+    if "single-file" in formats and not family_named(family).supports_single_file:
         raise StudioError(f"Single-file export supports SD1.x and SDXL models (this run is {family}); "
                           "use --format diffusers.")
 

@@ -15,9 +15,7 @@ import torch
 from studio.atomic import save_safetensors
 from studio.errors import StudioError
 from studio.export.context import ExportContext
-from studio.export.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
 from studio.export.portable_folder import make_portable
-from studio.export.sdxl_names import sdxl_single_file_state
 from studio.export.verify import IMAGE_TOLERANCE, check_image, check_same_weights, image_difference, render
 from studio.methods import method_spec
 
@@ -39,20 +37,8 @@ def export_dreambooth_run(ctx: ExportContext, formats: list[str], rank: int) -> 
 
 
 def single_file_state(pipe, family) -> dict[str, torch.Tensor]:
-    """Every weight of the pipeline in the original checkpoint layout A1111/ComfyUI load (SD1.x, SDXL)."""
-    if family.name == "sdxl":
-        return sdxl_single_file_state(pipe)
-    if family.name != "sd1":
-        raise StudioError(
-            f"Single-file export supports SD1.x and SDXL checkpoints; this is {family.name} (its OpenCLIP text "
-            "encoder uses another layout). Export --format diffusers instead.",
-            browser=f"The single-file format supports SD1.x and SDXL checkpoints; this is {family.name}. "
-                    "Tick the diffusers format instead.",
-        )
-    state = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
-    state |= vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
-    state |= clip_to_ldm(pipe.text_encoder.state_dict())
-    return state
+    """Every weight of the pipeline in the original checkpoint layout A1111/ComfyUI load (the family's names)."""
+    return family.single_file_state(pipe)
 
 
 def write_single_file(pipe, path: Path, family) -> Path:
@@ -64,8 +50,8 @@ def write_single_file(pipe, path: Path, family) -> Path:
 
 
 def _components(ctx: ExportContext) -> tuple[str, ...]:
-    """The weighted components a full-model export must carry: UNet, VAE and every text encoder."""
-    return ("unet", "vae", *ctx.family.text_encoder_names)
+    """The weighted components a full-model export must carry: denoiser, VAE and every text encoder."""
+    return ctx.family.weighted_component_names
 
 
 def _verify_folder(ctx: ExportContext, folder: Path) -> None:

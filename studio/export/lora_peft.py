@@ -21,6 +21,7 @@ from pathlib import Path
 from studio.atomic import save_safetensors, write_json
 from studio.errors import StudioError
 from studio.export.lora_weights import COMPONENTS, LoraModule, LoraWeights, _pattern_value, module_key
+from studio.families import is_denoiser
 from studio.families.base import CLIP_ROOT, clip_rooted_path, clip_rootless_path
 
 CONFIG_FILE = "adapter_config.json"
@@ -34,12 +35,12 @@ def _most_common(values: list) -> object:
 
 def _config_path(module: LoraModule) -> str:
     """The path patterns use: text encoders' without the root (peft matches patterns as dotted suffixes)."""
-    return module.path if module.component == "unet" else clip_rootless_path(module.path)
+    return module.path if is_denoiser(module.component) else clip_rootless_path(module.path)
 
 
 def target_modules(modules: list[LoraModule]) -> list[str] | str:
     """The UNet's module paths; for a text encoder one pattern matching each path with or without the root."""
-    if all(m.component == "unet" for m in modules):
+    if all(is_denoiser(m.component) for m in modules):
         return sorted(m.path for m in modules)
     paths = "|".join(re.escape(p) for p in sorted(_config_path(m) for m in modules))
     return rf"^({re.escape(CLIP_ROOT)})?({paths})$"
@@ -65,7 +66,7 @@ def peft_config_dict(modules: list[LoraModule], base_model: str) -> dict:
 
 
 def _key_paths(module: LoraModule) -> list[str]:
-    if module.component == "unet":
+    if is_denoiser(module.component):
         return [module.path]
     return list(dict.fromkeys([clip_rooted_path(module.path), clip_rootless_path(module.path)]))
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from studio.errors import StudioError
+from studio.families import LORA_COMPONENTS
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = LORA_COMPONENTS  # every family's denoiser and LoRA-carrying text encoders
 # Suffixes of a module's down/up tensors in diffusers-style files (new peft names and the older
 # diffusers names that convert_state_dict_to_diffusers writes).
 _PAIR_SUFFIXES = (

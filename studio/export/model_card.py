@@ -10,8 +10,6 @@ import yaml
 
 from studio.methods import method_spec
 
-# The Hub's model-family tags (what its filters and SDXL LoRA cards use).
-FAMILY_TAGS = {"sdxl": ["stable-diffusion-xl", "stable-diffusion-xl-diffusers"]}
 SETTINGS_SHOWN = (
     "base", "resolution", "steps", "batch_size", "learning_rate", "text_encoder_learning_rate", "lr_scheduler",
     "optimizer", "train_text_encoder", "prior_preservation", "num_class_images", "prior_loss_weight",
@@ -72,7 +70,9 @@ def _scores_table(scores: dict[str, Any]) -> list[str]:
 
 
 def front_matter(info: dict[str, Any]) -> str:
-    family_tags = FAMILY_TAGS.get(info.get("family", "sd1"), ["stable-diffusion"])
+    from studio.families import family_named
+
+    family_tags = list(family_named(info.get("family", "sd1")).hub_tags)  # what the Hub's filters use
     tags = ["text-to-image", "diffusers", *family_tags, method_spec(info["method"]).hub_tag, "studio"]
     data: dict[str, Any] = {
         "base_model": info["base"],

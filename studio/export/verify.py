@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from studio.errors import StudioError
-from studio.export.lora_weights import LoraWeights, module_key
+from studio.export.lora_weights import COMPONENTS, LoraWeights, module_key
 from studio.sampling import GUIDANCE
 
 IMAGE_TOLERANCE = 1e-3
@@ -78,7 +78,7 @@ def check_image(what: str, difference: float, tolerance: float = IMAGE_TOLERANCE
 def attached_lora(pipe, adapter_name: str) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, float]]:
     """Every LoRA layer of ``adapter_name`` that a loader attached: (component, path) -> (A, B, scale)."""
     layers = {}
-    for component in ("unet", "text_encoder", "text_encoder_2"):
+    for component in COMPONENTS:  # every family's LoRA-carrying components
         model = getattr(pipe, component, None)
         if model is None:
             continue

@@ -20,6 +20,21 @@ FAMILIES: tuple[type[ModelFamily], ...] = (
 )
 
 
+def _lora_components() -> tuple[str, ...]:
+    """Every component name a LoRA file of any family may hold (denoisers first), for readers of files."""
+    names = [f().denoiser_name for f in FAMILIES] + [n for f in FAMILIES for n in f().lora_text_encoder_names]
+    return tuple(dict.fromkeys(sorted(names, key=lambda n: (n.startswith("text_encoder"), n))))
+
+
+LORA_COMPONENTS = _lora_components()
+DENOISER_NAMES = tuple(dict.fromkeys(f.denoiser_name for f in FAMILIES))
+
+
+def is_denoiser(component: str) -> bool:
+    """Whether a component name is a denoiser's (a UNet or a transformer), not a text encoder's."""
+    return component in DENOISER_NAMES
+
+
 def family_for(pipeline_or_components: Any) -> ModelFamily:
     components = getattr(pipeline_or_components, "components", pipeline_or_components)
     for family in FAMILIES:
@@ -45,4 +60,4 @@ def family_named(name: str) -> ModelFamily:
     raise StudioError(f"'{name}' is not a model family Studio knows ({', '.join(f.name for f in FAMILIES)}).")
 
 
-__all__ = ["FAMILIES", "ModelFamily", "PromptEmbedding", "family_for", "family_for_keys", "family_named"]
+__all__ = ["DENOISER_NAMES", "FAMILIES", "LORA_COMPONENTS", "is_denoiser", "ModelFamily", "PromptEmbedding", "family_for", "family_for_keys", "family_named"]

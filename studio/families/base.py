@@ -78,7 +78,8 @@ class ModelFamily(ABC):
     denoiser_name: str = "unet"
     text_encoder_names: tuple[str, ...]
     tokenizer_names: tuple[str, ...]
-    hub_tags: tuple[str, ...] = ()  # the Hub's model-family tags for a model card
+    hub_tags: tuple[str, ...] = ("stable-diffusion",)  # the Hub's model-family tags for a model card
+    supports_single_file: bool = False  # can a full model be written in the original single-file layout?
     kohya_base_model_version: str
     modelspec_architecture: str
     # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).
@@ -158,6 +159,18 @@ class ModelFamily(ABC):
     def unet_kwargs(self, embedding: PromptEmbedding, resolution: int) -> dict[str, Any]:
         """Keyword arguments for ``unet(latents, t, **kwargs)`` beyond the first two (UNet families)."""
         raise NotImplementedError(f"{self.name} has no UNet; ask predict() instead.")
+
+    # --- export names -------------------------------------------------------------------------
+    def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
+        """Every weight of ``pipe`` in the original single-file layout A1111/ComfyUI load."""
+        from studio.errors import StudioError
+
+        raise StudioError(
+            f"Single-file export supports SD1.x and SDXL checkpoints; this is {self.label or self.name}. "
+            "Export --format diffusers instead.",
+            browser=f"The single-file format supports SD1.x and SDXL checkpoints; this is {self.label or self.name}. "
+                    "Tick the diffusers format instead.",
+        )
 
     # --- LoRA files -----------------------------------------------------------------------------
     def save_lora_kwargs(self, states: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:

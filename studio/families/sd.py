@@ -27,6 +27,7 @@ class StableDiffusionFamily(ModelFamily):
     kohya_base_model_version = "sd_v1"
     modelspec_architecture = "stable-diffusion-v1/lora"
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    supports_single_file = True
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:
@@ -45,6 +46,14 @@ class StableDiffusionFamily(ModelFamily):
     def unet_kwargs(self, embedding: PromptEmbedding, resolution: int) -> dict[str, Any]:
         return {"encoder_hidden_states": embedding.hidden}
 
+    def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
+        """SD1.x's original LDM layout (``studio.export.ldm_keys``)."""
+        from studio.export.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
+
+        state = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
+        state |= vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
+        return state | clip_to_ldm(pipe.text_encoder.state_dict())
+
     def pipeline_classes(self) -> tuple[type, type]:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
@@ -57,6 +66,10 @@ class StableDiffusion2Family(StableDiffusionFamily):
     default_resolution = 768
     kohya_base_model_version = "sd_v2"
     modelspec_architecture = "stable-diffusion-v2/lora"
+    supports_single_file = False  # its OpenCLIP text encoder uses another layout
+
+    def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
+        return ModelFamily.single_file_state(self, pipe)
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ class StableDiffusionXLFamily(ModelFamily):
     name = "sdxl"
     label = "Stable Diffusion XL"
     hub_tags = ("stable-diffusion-xl", "stable-diffusion-xl-diffusers")
+    supports_single_file = True
     default_resolution = 1024
     text_encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
@@ -77,6 +78,12 @@ class StableDiffusionXLFamily(ModelFamily):
             "encoder_hidden_states": embedding.hidden,
             "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids},
         }
+
+    def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
+        """SDXL's original SGM layout (``studio.export.sdxl_names``)."""
+        from studio.export.sdxl_names import sdxl_single_file_state
+
+        return sdxl_single_file_state(pipe)
 
     def pipeline_classes(self) -> tuple[type, type]:
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline

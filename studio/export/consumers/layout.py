@@ -60,5 +60,5 @@ def layout_of(components: dict[str, Any], family=None) -> ModelLayout:
             kind = _kind(module)
             if kind is None:
                 continue
-            modules.append(Module(component, path if component == "unet" else clip_rooted_path(path), kind))
-    return ModelLayout(family, components["unet"].config, modules)
+            modules.append(Module(component, path if component == family.denoiser_name else clip_rooted_path(path), kind))
+    return ModelLayout(family, components[family.denoiser_name].config, modules)
