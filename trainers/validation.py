@@ -134,7 +134,8 @@ class Validator:
             self.best = choose_best(self.records, self.rules)
             record["best_step"] = self.best["step"] if self.best else None
             self.trainer.events.emit(VALIDATION_EVENT, **record)
-            write_validation_sheet(self.trainer.run_dir, self.records, record["best_step"])
+            write_validation_sheet(self.trainer.run_dir, self.records, record["best_step"],
+                                   list(self.trainer.subject.image_paths))
             self.validation_s += time.perf_counter() - self.clock
             self.clock = time.perf_counter()
             self._flags(step, candidate)

@@ -1,4 +1,5 @@
-"""Jobs tab: validation scores plotted live beside the loss, and the run's verdicts in plain words.
+"""Jobs tab: validation scores plotted live beside the loss, the run's verdicts in plain words, and
+the validation contact sheet (the checkpoints side by side).
 
 Reads only the run directory (studio.validation.history); the Jobs tab builds it under its loss
 plot and attaches it to its own timer and job selector, so it refreshes with the rest of the tab.
@@ -14,8 +15,14 @@ import gradio as gr
 import pandas as pd
 
 from studio.errors import StudioError
+from studio.validation.history import (
+    CONTACT_SHEET_FILE,
+    VALIDATION_DIR,
+    read_best,
+    score_series,
+    validation_records,
+)
 from studio.validation.history import flags as run_flags
-from studio.validation.history import read_best, score_series, validation_records
 from webui.context import Context
 
 COLUMNS = ["step", "metric", "value"]
@@ -50,10 +57,19 @@ def verdicts_markdown(run_dir: str | Path | None) -> str:
     return "\n\n".join(lines)
 
 
+def contact_sheet(run_dir: str | Path | None) -> tuple[str | None, float | None]:
+    """(path, mtime) of the run's validation contact sheet, or (None, None) before the first one."""
+    path = Path(run_dir) / VALIDATION_DIR / CONTACT_SHEET_FILE if run_dir else None
+    if path is None or not path.is_file():
+        return None, None
+    return str(path), path.stat().st_mtime
+
+
 @dataclass
 class ValidationPanel:
     plot: gr.LinePlot
     verdicts: gr.Markdown
+    sheet: gr.Image
     seen: gr.State
 
     def attach(self, ctx: Context, timer: gr.Timer, select: gr.Dropdown) -> None:
@@ -69,13 +85,14 @@ class ValidationPanel:
             run_dir = job.run_dir if job is not None and job.kind == "train" else None
             frame = validation_frame(run_dir)
             text = verdicts_markdown(run_dir)
-            key = (selected, len(frame), text)
+            sheet, stamp = contact_sheet(run_dir)
+            key = (selected, len(frame), text, stamp)
             if seen.get("key") == key:
-                return gr.skip(), gr.skip(), seen
+                return gr.skip(), gr.skip(), gr.skip(), seen
             seen["key"] = key
-            return frame, text, seen
+            return frame, text, sheet, seen
 
-        outputs = [self.plot, self.verdicts, self.seen]
+        outputs = [self.plot, self.verdicts, self.sheet, self.seen]
         timer.tick(refresh, [select, self.seen], outputs, show_progress="hidden", api_name=False)
         select.input(refresh, [select, self.seen], outputs, show_progress="hidden", api_name=False)
 
@@ -86,4 +103,7 @@ def build() -> ValidationPanel:
         plot = gr.LinePlot(pd.DataFrame([], columns=COLUMNS), x="step", y="value", color="metric",
                            title="Validation: losses and scores by step", elem_id="validation-plot", label="Validation")
     verdicts = gr.Markdown(elem_id="validation-verdicts")
-    return ValidationPanel(plot, verdicts, gr.State({}))
+    with gr.Accordion("Checkpoints side by side (validation images, best marked)", open=False):
+        sheet = gr.Image(label="Validation contact sheet", type="filepath", interactive=False,
+                         elem_id="validation-sheet")
+    return ValidationPanel(plot, verdicts, sheet, gr.State({}))

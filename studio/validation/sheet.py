@@ -22,8 +22,10 @@ def _label(record: dict, best_step: int | None) -> str:
     return " · ".join(parts)
 
 
-def write_validation_sheet(run_dir: Path, records: list[dict], best_step: int | None) -> Path | None:
-    """``RUN/validation/contact_sheet.png`` from the records that have images (None when none has)."""
+def write_validation_sheet(run_dir: Path, records: list[dict], best_step: int | None,
+                           references: list[Path] | None = None) -> Path | None:
+    """``RUN/validation/contact_sheet.png``: the subject's photos, then one row per validation with
+    images (None when none has)."""
     rows = []
     for record in records:
         paths = [Path(run_dir) / p for p in record.get("images") or []]
@@ -32,4 +34,6 @@ def write_validation_sheet(run_dir: Path, records: list[dict], best_step: int | 
             rows.append(SheetRow(_label(record, best_step), paths, [p.stem for p in paths]))
     if not rows:
         return None
+    if references:
+        rows.insert(0, SheetRow("your photos (the references)", list(references), [p.stem for p in references]))
     return write_contact_sheet(rows, Path(run_dir) / VALIDATION_DIR / CONTACT_SHEET_FILE, thumb=THUMB)
