@@ -44,6 +44,9 @@ LOSS_IMAGES = 4  # instance (and class) images the validation loss uses
 LOSS_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 LOSS_SEED_OFFSET = 7_919  # the loss's noise stream, apart from training's
 CLASS_IMAGES = 2  # class-prompt images for PRES
+# The backbones embed a handful of images per validation: on the CPU they cost well under a second and
+# take no accelerator memory from training (a recipe sized for 8 GB keeps its headroom).
+BACKBONE_DEVICE = "cpu"
 TINY = {"clip": "tiny-clip", "dino": "tiny-dino"}
 DEFAULTS = {"clip": DEFAULT_CLIP, "dino": DEFAULT_DINO}
 
@@ -218,7 +221,7 @@ class Validator:
         requested = getattr(self.config, f"validation_{kind}")
         ref = DEFAULTS[kind] if requested == "auto" else requested
         try:
-            return load_backbone(kind, ref, device=self.trainer.device)
+            return load_backbone(kind, ref, device=BACKBONE_DEVICE)
         except ModelLoadError:
             if requested != "auto":
                 raise
@@ -226,7 +229,7 @@ class Validator:
             f"The {kind.upper()} backbone {ref} could not be loaded (offline and not cached), so the quick subject "
             f"score uses the built-in {TINY[kind]}: its numbers compare checkpoints of this run, not other runs or "
             f"the paper's. Set validation_{kind} to a local folder for real scores."))
-        return load_backbone(kind, TINY[kind], device=self.trainer.device)
+        return load_backbone(kind, TINY[kind], device=BACKBONE_DEVICE)
 
     def _prompts(self) -> list[EvalPrompt]:
         trainer = self.trainer
