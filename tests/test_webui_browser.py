@@ -123,7 +123,8 @@ def progress(page) -> tuple[str, int, int]:
 # ---------------------------------------------------------------------------- the flow
 def test_subject_train_and_watch_progress(browser_page, ui):
     page = browser_page
-    fill_number(page, "subject-resolution", 64)
+    # The built-in base was made for 64 px: the Subject tab starts there instead of at 512.
+    assert page.locator("#subject-resolution input[type=number]").input_value() == "64"
     page.set_input_files("#subject-files input[type=file]", SAMPLE_IMAGES)
     page.wait_for_function("document.querySelectorAll('#subject-preview .grid-wrap img').length == 4", timeout=120_000)
     assert "look fine" in page.locator("#subject-messages").inner_text()
@@ -131,7 +132,8 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     fill_text(page, "subject-name", "Toy Bear")
     fill_text(page, "subject-class", "toy")
     page.click("#subject-create")
-    wait_text(page, "subject-status", r"Subject \*?\*?toy-bear|created", 180)
+    status = wait_text(page, "subject-status", r"subject \*?\*?toy-bear|created", 180)
+    assert "4 images" in status
 
     open_tab(page, "Train")
     page.wait_for_function("document.querySelector('#train-subject input').value == 'toy-bear'", timeout=30_000)
@@ -146,13 +148,14 @@ def test_subject_train_and_watch_progress(browser_page, ui):
 
     # The Jobs tab opens on the new job; watch it move, cancel it (it checkpoints), resume it.
     page.wait_for_selector("#job-progress .job-progress[data-total]", timeout=60_000)
-    seen_steps, seen_points, seen_samples = set(), set(), set()
+    seen_steps, seen_points, seen_samples, seen_texts = set(), set(), set(), set()
     cancelled = False
     state = ""
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         state, step, total = progress(page)
         seen_steps.add(step)
+        seen_texts.add(page.locator("#job-progress").inner_text())
         seen_points.add(page.locator("#loss-plot [aria-roledescription=point]").count())
         seen_samples.add(page.locator("#job-samples .grid-wrap img").count())
         if state == "running" and step >= 2 and not cancelled:
@@ -181,13 +184,17 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     assert len({n for n in seen_samples if 0 < n < samples}) >= 1, f"the gallery did not grow: {sorted(seen_samples)}"
     assert len(seen_points - {0}) >= 2, f"the loss plot did not grow: {sorted(seen_points)}"
     assert page.locator("#job-log textarea").input_value().strip().endswith("finished")
+    assert "\x1b" not in page.locator("#job-log textarea").input_value()  # no progress-bar control codes
+    assert any(re.search(r"updated \d+ s ago", text) for text in seen_texts), seen_texts
+    assert "tab=jobs" in page.url and f"job={ui.ws.store.list(kind='train')[0].id}" in page.url
+    assert "expected" in page.locator("#job-note").inner_text()  # the tiny model's colour blobs are explained
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     job = ui.ws.store.list(kind="train")[0]
     assert job.state == "finished" and (Path(job.run_dir) / "result.json").is_file()
     from trainers.events import read_events
 
     kinds = [e["type"] for e in read_events(job.run_dir)]
-    assert "cancelled" in kinds and "resumed" in kinds
+    assert "cancelled" in kinds and "resumed" in kinds, kinds
 
 
 def test_evaluate_and_generate(browser_page, ui):
@@ -203,10 +210,17 @@ def test_evaluate_and_generate(browser_page, ui):
     log_step("eval start")
     page.click("#eval-start")
     wait_text(page, "eval-status", r"Queued|queued|running", 60)
+    # The evaluation reports progress in images, and shows them as they are made.
+    page.wait_for_function("() => { const t = document.querySelector('#eval-progress .job-text'); "
+                           "return t && /images \\d+\\/\\d+/.test(t.textContent); }", timeout=120_000)
 
     open_tab(page, "Generate")
     choose(page, "gen-runs", r"#\d+ lora toy-bear")
     page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('sks')", timeout=30_000)
+    # Generation defaults to the run's training size, and says what a tiny model's images look like.
+    page.wait_for_function("document.querySelector('#gen-width input[type=number]').value == '64'", timeout=30_000)
+    assert page.locator("#gen-height input[type=number]").input_value() == "64"
+    assert "expected" in page.locator("#gen-note").inner_text()
     fill_number(page, "gen-steps", 3)
     log_step("generate start")
     page.click("#gen-start")
@@ -218,8 +232,12 @@ def test_evaluate_and_generate(browser_page, ui):
     assert "finished" in page.locator("#eval-status").inner_text(), page.locator("#eval-status").inner_text()
     log_step("eval finished")
     page.wait_for_selector("#eval-sheet img", timeout=30_000)
+    page.wait_for_selector("#eval-images .grid-wrap img", timeout=30_000)  # the images it made
     table = page.locator("#eval-scores").inner_text()
     assert "this run" in table and "base model" in table
+    assert "cosine similarity, from -1 to 1" in page.locator("#eval-scores").inner_text()
+    assert "built-in offline backbones" in page.locator("#eval-badge").inner_text()  # where the scores come from
+    assert "Paper, real CLIP" in page.locator("#eval-readings").inner_text()
     page.wait_for_selector("#eval-chart [aria-roledescription=bar], #eval-chart .mark-rect path", timeout=30_000)
 
 
@@ -230,7 +248,9 @@ def test_export_and_download(browser_page, ui, tmp_path):
     page.wait_for_function("document.querySelectorAll('#export-formats input[type=checkbox]').length == 3", timeout=30_000)
     for box in page.locator("#export-formats input[type=checkbox]:checked").all():
         box.uncheck()
-    page.locator("#export-formats label").filter(has_text=re.compile(r"^\s*kohya\s*$")).locator("input").check()
+    kohya = page.locator("#export-formats label").filter(has_text=re.compile(r"^\s*kohya:")).locator("input")
+    assert "AUTOMATIC1111" in page.locator("#export-formats").inner_text()  # each format says who loads it
+    kohya.check()
     log_step("export start")
     page.click("#export-start")
     wait_text(page, "export-status", r"finished|failed", 300)
@@ -239,6 +259,7 @@ def test_export_and_download(browser_page, ui, tmp_path):
     link = row.locator("a[data-testid=download-link]").first
     link.wait_for(timeout=30_000)
     assert "LoRA (kohya)" in page.locator("#export-card").inner_text()  # the model card is shown
+    assert kohya.is_checked()  # the choice survives the export
     with page.expect_download() as download_info:
         link.click()
     target = tmp_path / download_info.value.suggested_filename
@@ -248,6 +269,73 @@ def test_export_and_download(browser_page, ui, tmp_path):
     with safe_open(str(target), "pt") as handle:
         keys = list(handle.keys())
     assert keys and all(k.startswith("lora_unet_") or k.startswith("lora_te") for k in keys)  # kohya key names
+
+
+def test_place_survives_reload(browser_page, ui):
+    """The URL keeps the tab and the job: a reload (or a restarted server) opens the same place."""
+    open_tab(browser_page, "Evaluate")
+    assert "tab=evaluate" in browser_page.url
+    page = browser_page.context.new_page()  # navigating away aborts the page's open streams: not the page's errors
+    page.goto(browser_page.url)
+    page.wait_for_selector("#eval-run", timeout=60_000)
+    page.wait_for_function("[...document.querySelectorAll('button[role=tab]')].some(b => "
+                           "b.textContent.trim() == 'Evaluate' && b.getAttribute('aria-selected') == 'true')",
+                           timeout=30_000)
+    job = ui.ws.store.list(kind="train")[0]
+    page.goto(f"{ui.url}?tab=jobs&job={job.id}")
+    page.wait_for_function(f"(document.querySelector('#job-select input') || {{}}).value?.startsWith('#{job.id}')",
+                           timeout=60_000)
+    assert "tab=jobs" in page.url
+    page.close()
+
+
+def test_messages_speak_the_browser_language(browser_page, ui):
+    page = browser_page
+    open_tab(page, "Subject")
+    page.set_input_files("#subject-files input[type=file]", SAMPLE_IMAGES)
+    page.wait_for_function("document.querySelectorAll('#subject-preview .grid-wrap img').length == 4", timeout=120_000)
+    fill_text(page, "subject-name", "")
+    page.click("#subject-create")
+    text = wait_text(page, "subject-status", r"name", 60)
+    assert "subjects/<name>" in text  # nothing swallowed as HTML
+    fill_text(page, "subject-name", "Toy Bear")  # exists already
+    fill_text(page, "subject-class", "toy")
+    page.click("#subject-create")
+    text = wait_text(page, "subject-status", r"already exists", 60)
+    assert "--" not in text and "Subject name" in text
+
+
+ACCESSIBILITY_JS = """() => {
+  function lum(c) { const m = c.match(/[\\d.]+/g).map(Number); const a = m.slice(0, 3).map(v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }); return 0.2126*a[0] + 0.7152*a[1] + 0.0722*a[2]; }
+  function background(el) { while (el) { const c = getComputedStyle(el).backgroundColor;
+    if (c && !c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return c; el = el.parentElement; } return 'rgb(255, 255, 255)'; }
+  const visible = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 && getComputedStyle(el).visibility !== 'hidden'; };
+  const lowContrast = [], unlabelled = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT); let node; const seen = new Set();
+  while ((node = walker.nextNode())) { const el = node.parentElement; if (!el || seen.has(el) || !node.textContent.trim() || !visible(el)) continue;
+    seen.add(el); const s = getComputedStyle(el); const a = lum(s.color), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) lowContrast.push(`${ratio.toFixed(2)} ${node.textContent.trim().slice(0, 40)}`); }
+  for (const el of document.querySelectorAll('input:not([type=hidden]):not([type=file]), textarea, select')) {
+    if (!visible(el)) continue;
+    const named = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') || el.closest('label') ||
+      (el.id && document.querySelector(`label[for="${el.id}"]`));
+    if (!named) unlabelled.push(el.outerHTML.slice(0, 80)); }
+  return {lowContrast, unlabelled}; }"""
+
+
+def test_every_tab_is_readable_and_labelled(browser_page, ui):
+    """WCAG AA contrast (4.5:1) for all visible text, and an accessible name for every input, on every tab."""
+    page = browser_page
+    problems = {}
+    for tab in ("Subject", "Train", "Jobs", "Evaluate", "Export", "Generate"):
+        open_tab(page, tab)
+        page.wait_for_timeout(500)
+        found = page.evaluate(ACCESSIBILITY_JS)
+        if found["lowContrast"] or found["unlabelled"]:
+            problems[tab] = found
+    assert not problems, problems
 
 
 def test_generate_paints_a_mask_with_a_controlnet(browser_page, ui):

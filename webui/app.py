@@ -30,6 +30,13 @@ CSS = """
 .subject-messages td, .subject-messages th { padding: 2px 8px; text-align: left; }
 .msg-error { color: #c9302c; }
 .msg-warning { color: #b8860b; }
+/* Readable contrast (WCAG AA, 4.5:1 on white): help text, the selected tab, primary buttons, the footer. */
+.info-text, .min_value, .max_value, .label-clear-button { color: #52525b !important; }
+button[role=tab].selected { color: #c2410c !important; }
+button.primary { background: #c2410c !important; color: #ffffff !important; border-color: #c2410c !important; }
+button.primary:hover { background: #9a3412 !important; }
+footer, footer button, footer a, footer .divider { color: #52525b !important; }
+.model-note, .score-badge { border-left: 4px solid #b45309; padding-left: 8px; }
 #environment-problems { border: 2px solid #c9302c; border-radius: 6px; padding: 4px 12px; }
 """
 
@@ -79,7 +86,7 @@ def build_app(ctx: Context) -> gr.Blocks:
         train_tab.job_id.change(show_job, train_tab.job_id, [tabs, jobs_tab.select], api_name=False)
         app.load(on_page_load, None, [train_tab.subject, evaluate_tab.run, export_tab.run], api_name=False)
         app.load(_environment_banner, None, environment, api_name=False)
-        app.load(url_state.restore(ctx, set(pages)), None, [tabs, jobs_tab.select], api_name=False)
+        url_state.restore(app, ctx, tabs, set(pages), jobs_tab.select)
     return app
 
 
@@ -112,7 +119,7 @@ def launch(*, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] |
             allowed_paths=[str(ws.runs_dir), str(ws.subjects_dir)],
             blocked_paths=[str(ws.store.path), str(ws.logs_dir)],
             max_file_size=MAX_FILE_SIZE, theme=gr.themes.Default(), css=CSS, footer_links=["api"],
-            prevent_thread_lock=not block, quiet=False, pwa=False, mcp_server=False,
+            prevent_thread_lock=not block, head=url_state.HEAD, quiet=False, pwa=False, mcp_server=False,
         )
     finally:
         if block and dispatcher is not None:

@@ -55,6 +55,15 @@ def _metric_plot(rows, metric: str) -> gr.BarPlot:
     return gr.BarPlot(value=data, y_lim=[low, high])
 
 
+def finished_images(run_dir: str | Path, limit: int = 24) -> list[tuple[str, str]]:
+    """The images of the run's last evaluation (personalised first), as the gallery shows them."""
+    report = read_report(run_dir) or {}
+    folder = Path(run_dir) / "eval"
+    found = [(str(folder / item["path"]), f"{item.get('role', '')} s{item.get('seed', '')}")
+             for item in report.get("images", []) if isinstance(item, dict) and (folder / str(item.get("path"))).is_file()]
+    return found[:limit]
+
+
 def build(ctx: Context) -> EvaluateTab:
     timer = gr.Timer(1.0)
     seen = gr.State(None)
@@ -77,7 +86,7 @@ def build(ctx: Context) -> EvaluateTab:
                               elem_id="eval-steps")
     status = gr.Markdown(elem_id="eval-status")
     progress = gr.HTML(elem_id="eval-progress")
-    made = gr.Gallery(label="Images made so far (newest first)", columns=6, height=200, elem_id="eval-images",
+    made = gr.Gallery(label="Images of the evaluation (newest first while it runs)", columns=6, height=200, elem_id="eval-images",
                       interactive=False, visible=False)
     badge = gr.Markdown(elem_id="eval-badge", visible=False, elem_classes=["score-badge"])
     scores = gr.Dataframe(headers=SCORE_COLUMNS, interactive=False, elem_id="eval-scores", label=f"Scores ({SCALE})")
@@ -129,7 +138,7 @@ def build(ctx: Context) -> EvaluateTab:
         latest = evals[0] if evals else None
         snap = job_progress(latest, ctx.ws.logs_dir, log_lines=0) if latest is not None else None
         bar = progress_html(snap) if snap is not None and latest.state != "finished" else ""
-        pictures = job_images(snap) if snap is not None and latest.active else []
+        pictures = job_images(snap) if snap is not None and latest.active else finished_images(train_job.run_dir)
         signature = (run, [(j.id, j.state) for j in evals], stamp, [(r.label, r.scores) for r in rows], bar, pictures)
         if signature == seen:
             return unchanged + (seen,)
