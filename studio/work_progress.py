@@ -60,6 +60,9 @@ def reporting_to(sink: Sink) -> Iterator[None]:
         yield
     finally:
         _sink.reset(token)
+        flush = getattr(sink, "flush", None)
+        if flush is not None:
+            flush()  # a throttled sink writes the last state it held back
 
 
 class Tracker:

@@ -142,21 +142,28 @@ class ProgressFile:
     """A :mod:`studio.work_progress` sink that keeps a job's snapshot file current (atomically, at most
     a few writes a second; the last update of a phase is always written)."""
 
-    MIN_INTERVAL_S = 0.5
+    MIN_INTERVAL_S = 0.25
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._last_write = 0.0
+        self._pending: dict | None = None
 
     def __call__(self, update: Update) -> None:
+        now = time.monotonic()
+        self._pending = update.as_dict()
+        final = update.total and update.done >= update.total
+        if final or not update.done or now - self._last_write >= self.MIN_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the newest update not yet written (the end of the work calls this)."""
         from studio.atomic import write_json
 
-        now = time.monotonic()
-        final = update.total and update.done >= update.total
-        if not final and update.done and now - self._last_write < self.MIN_INTERVAL_S:
-            return
-        self._last_write = now
-        write_json(self.path, update.as_dict())
+        if self._pending is not None:
+            write_json(self.path, self._pending)
+            self._pending = None
+            self._last_write = time.monotonic()
 
 
 def read_work(path: Path) -> Update | None:

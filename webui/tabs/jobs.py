@@ -88,7 +88,7 @@ def build(ctx: Context) -> JobsTab:
     expectation = gr.Markdown(elem_id="job-note", visible=False, elem_classes=["model-note"])
     with gr.Row():
         loss = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", title="Training loss",
-                           elem_id="loss-plot", label="Loss")
+                           x_title="step", y_title="loss", elem_id="loss-plot", label="Loss")
         samples = gr.Gallery(label="Images made so far (newest first)", columns=4, height=300, elem_id="job-samples",
                              interactive=False)
     validation = validation_panel.build()  # scores beside the loss (issue 18)
