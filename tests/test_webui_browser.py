@@ -250,6 +250,8 @@ def test_export_and_download(browser_page, ui, tmp_path):
         box.uncheck()
     kohya = page.locator("#export-formats label").filter(has_text=re.compile(r"^\s*kohya:")).locator("input")
     assert "AUTOMATIC1111" in page.locator("#export-formats").inner_text()  # each format says who loads it
+    page.wait_for_function("(document.querySelector('#export-checkpoint input') || {}).value?.startsWith('best')",
+                           timeout=30_000)  # the best checkpoint by the run's validation rule, unless picked
     kohya.check()
     log_step("export start")
     page.click("#export-start")

@@ -112,8 +112,10 @@ def submit_eval(ws: Workspace, train_job: int | str, options: dict[str, Any] | N
                         run_dir=parent.run_dir, parent_id=parent.id)
 
 
-def submit_export(ws: Workspace, train_job: int | str, formats: list[str], *, force: bool = True) -> Job:
-    """Queue an export of a finished training job into ``RUN/exports/<formats>/`` (studio.export's default)."""
+def submit_export(ws: Workspace, train_job: int | str, formats: list[str], *, force: bool = True,
+                  checkpoint: str = "best") -> Job:
+    """Queue an export of a finished training job into ``RUN/exports/<formats>/`` (studio.export's default);
+    ``checkpoint``: ``best`` (the run's validation rule), ``final`` or a kept step, in ``<formats>-<checkpoint>``."""
     import json
 
     parent = training_job(ws, train_job)
@@ -123,8 +125,12 @@ def submit_export(ws: Workspace, train_job: int | str, formats: list[str], *, fo
     from studio.export import parse_formats
 
     chosen = parse_formats(method, list(formats))  # a bad format is reported now, not in the worker
-    out_dir = Path(parent.run_dir) / EXPORTS_DIR / "-".join(chosen)
-    params = {"formats": chosen, "force": force, "out_dir": str(out_dir)}
+    checkpoint = str(checkpoint or "best").strip()
+    if checkpoint not in ("best", "final") and not checkpoint.isdigit():
+        raise StudioError(f"Checkpoint {checkpoint!r} is not 'best', 'final' or a step number.")
+    suffix = "" if checkpoint == "best" else f"-{checkpoint if checkpoint == 'final' else 'step-' + checkpoint}"
+    out_dir = Path(parent.run_dir) / EXPORTS_DIR / ("-".join(chosen) + suffix)
+    params = {"formats": chosen, "force": force, "out_dir": str(out_dir), "checkpoint": checkpoint}
     return ws.store.add("export", parent.name, params, device=parent.device, run_dir=parent.run_dir, parent_id=parent.id)
 
 

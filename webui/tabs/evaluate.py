@@ -29,6 +29,8 @@ from studio.jobs.reports import (
 )
 from studio.models.notes import base_model_note
 from studio.sampling import STEPS
+from studio.validation.history import BEST
+from webui import checkpoint_picker
 from webui.context import Context
 from webui.messages import for_browser
 from webui.tabs.jobs import job_images, progress_html
@@ -71,11 +73,12 @@ def build(ctx: Context) -> EvaluateTab:
     dino_choices, dino_default = backbone_choices("dino")
     with gr.Row():
         run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="eval-run", scale=3, allow_custom_value=True)
+        checkpoint = checkpoint_picker.picker("eval-checkpoint")
         start = gr.Button("Evaluate", variant="primary", elem_id="eval-start", scale=1)
     with gr.Accordion("Evaluation settings", open=False):
         with gr.Row():
             clip = gr.Dropdown(clip_choices, value=clip_default, allow_custom_value=True, label="CLIP backbone",
-                               elem_id="eval-clip", info="tiny-clip works offline but only proves the pipeline.")
+                               elem_id="eval-clip", info="tiny-clip works offline: its scores compare runs here, not with the paper.")
             dino = gr.Dropdown(dino_choices, value=dino_default, allow_custom_value=True, label="DINO backbone",
                                elem_id="eval-dino")
             images_per_prompt = gr.Number(IMAGES_PER_PROMPT, precision=0, minimum=1, maximum=int(limits.EVAL_IMAGES_PER_PROMPT.maximum),
@@ -107,12 +110,13 @@ def build(ctx: Context) -> EvaluateTab:
     outputs = [run, status, progress, made, badge, scores, *charts, sheet, expectation, seen]
     unchanged = (gr.skip(),) * (len(outputs) - 1)
 
-    def on_start(run, clip, dino, images_per_prompt, max_prompts, steps):
+    def on_start(run, clip, dino, images_per_prompt, max_prompts, steps, checkpoint=BEST):
         if not run:
             return "Choose a finished training job first."
         try:
             options = {"clip": clip, "dino": dino, "images_per_prompt": int(images_per_prompt or 4),
-                       "max_prompts": int(max_prompts or 0) or None, "steps": int(steps or 30)}
+                       "max_prompts": int(max_prompts or 0) or None, "steps": int(steps or 30),
+                       "checkpoint": checkpoint or BEST}
         except (TypeError, ValueError, OverflowError):
             return "**Error:** Images per prompt, Prompts and Sampling steps must be whole numbers."
         try:
@@ -161,7 +165,8 @@ def build(ctx: Context) -> EvaluateTab:
         return (gr.skip(), text, *live, gr.update(visible=False), empty, *([None] * len(METRICS)), None,
                 gr.update(visible=False), signature)
 
-    start.click(on_start, [run, clip, dino, images_per_prompt, max_prompts, steps], status, api_name="start_eval")
+    start.click(on_start, [run, clip, dino, images_per_prompt, max_prompts, steps, checkpoint], status, api_name="start_eval")
+    run.input(lambda run: checkpoint_picker.choices_for(ctx, run), run, checkpoint, api_name=False)
     timer.tick(refresh, [run, seen], outputs, show_progress="hidden", api_name=False)
     run.focus(lambda: gr.update(choices=ctx.run_choices()), None, run, api_name=False)
     return EvaluateTab(run, timer)

@@ -17,6 +17,8 @@ from studio.export.format_notes import format_choice
 from studio.jobs import job_progress, jobs_of_run, submit_export
 from studio.jobs.catalog import export_formats
 from studio.jobs.reports import exported_files, model_card
+from studio.validation.history import BEST
+from webui import checkpoint_picker
 from webui.context import Context
 from webui.messages import for_browser
 from webui.tabs.jobs import progress_html
@@ -34,6 +36,7 @@ def build(ctx: Context) -> ExportTab:
     formats = export_formats()
     with gr.Row():
         run = gr.Dropdown(ctx.run_choices(), label="Finished training job", elem_id="export-run", scale=3, allow_custom_value=True)
+        checkpoint = checkpoint_picker.picker("export-checkpoint")
         start = gr.Button("Export", variant="primary", elem_id="export-start", scale=1)
     chosen = gr.CheckboxGroup(formats, value=formats[:1], label="Formats", elem_id="export-formats",
                               info="Each file is reloaded by the tools named for it before the export is kept.")
@@ -42,11 +45,11 @@ def build(ctx: Context) -> ExportTab:
     files = gr.File(label="Exported files", file_count="multiple", interactive=False, elem_id="export-files")
     card = gr.Markdown(elem_id="export-card")
 
-    def on_start(run, chosen):
+    def on_start(run, chosen, checkpoint=BEST):
         if not run:
             return "Choose a finished training job first."
         try:
-            job = submit_export(ctx.ws, int(run), list(chosen or []))
+            job = submit_export(ctx.ws, int(run), list(chosen or []), checkpoint=checkpoint or BEST)
         except StudioError as error:
             return f"**Error:** {for_browser(error)}"
         return f"Queued {job.label}; the files appear here when it finishes."
@@ -85,8 +88,9 @@ def build(ctx: Context) -> ExportTab:
         card_text = (model_card(out_dir) or "") if out_dir else ""
         return gr.skip(), text, bar, [str(p) for p in found] or None, card_text, signature
 
-    start.click(on_start, [run, chosen], status, api_name="start_export")
+    start.click(on_start, [run, chosen, checkpoint], status, api_name="start_export")
     run.input(on_run, run, chosen, api_name=False)
+    run.input(lambda run: checkpoint_picker.choices_for(ctx, run), run, checkpoint, api_name=False)
     timer.tick(refresh, [run, seen], [run, status, progress, files, card, seen], show_progress="hidden", api_name=False)
     run.focus(lambda: gr.update(choices=ctx.run_choices()), None, run, api_name=False)
     return ExportTab(run, timer)
