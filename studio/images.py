@@ -23,7 +23,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
 # A photo above this is either a panorama nobody trains on or a decompression bomb.
 DEFAULT_MAX_PIXELS = 90_000_000
-CROP_MODES = ("center", "pad")
+# center and pad make square images; bucket keeps the photo's shape (studio.buckets).
+CROP_MODES = ("center", "pad", "bucket")
 PAD_COLOR = (255, 255, 255)
 # EXIF orientations 5-8 swap width and height when applied.
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
@@ -172,15 +173,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def fit_square(img: Image.Image, resolution: int, crop: str = "center") -> Image.Image:
-    """Resize an RGB image to ``resolution`` x ``resolution``.
+    """Resize an RGB image to ``resolution`` x ``resolution`` (``center`` or ``pad``).
 
     ``center``: scale the shorter side to ``resolution`` and cut the middle out of the longer
     one (fills the frame; may cut off the subject's edges in very wide or tall photos).
     ``pad``: scale the longer side to ``resolution`` and pad the rest with white (keeps the
     whole photo; the model also learns the white bars).
     """
-    if crop not in CROP_MODES:
-        raise ValueError(f"crop must be one of {CROP_MODES}, not {crop!r}")
+    if crop not in ("center", "pad"):
+        raise ValueError(f"fit_square crops center or pad, not {crop!r}")
     width, height = img.size
     if crop == "center":
         scale = resolution / min(width, height)
@@ -197,8 +198,21 @@ def fit_square(img: Image.Image, resolution: int, crop: str = "center") -> Image
     return canvas
 
 
+def fit_photo(img: Image.Image, resolution: int, crop: str = "center") -> Image.Image:
+    """The training image of a photo: a square (:func:`fit_square`) or, for ``bucket``, its own aspect-ratio
+    bucket of about ``resolution``² pixels (:mod:`studio.buckets`)."""
+    if crop == "bucket":
+        from studio.buckets import bucket_image
+
+        return bucket_image(img, resolution)
+    return fit_square(img, resolution, crop)
+
+
 def scaled_side(size: tuple[int, int], crop: str) -> int:
-    """The side that gets scaled to the training resolution: the shorter for center, the longer for pad."""
+    """The side that gets scaled to the training resolution: the shorter for center, the longer for pad;
+    for bucket, the side of a square of the photo's area (a bucket holds about resolution² pixels)."""
+    if crop == "bucket":
+        return int((size[0] * size[1]) ** 0.5)
     return min(size) if crop == "center" else max(size)
 
 
@@ -223,8 +237,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     """Turn files and folders into the list of files to check, in a stable order.
 
     A folder contributes its JPEG/PNG/WebP files, sorted by name; hidden files are ignored.
-    Other files and subfolders in it are reported as warnings (a caption ``.txt`` next to the
-    photos is normal, but the user should see that it was not used). A file named explicitly
+    Caption files (``NAME.txt`` beside ``NAME.jpg``, ``metadata.jsonl``) and masks (``NAME.mask.png``)
+    belong to the photos and are left to :mod:`studio.captions` and :mod:`studio.masks`; other files and
+    subfolders are reported as warnings, so the user sees what was not used. A file named explicitly
     is always checked by content, whatever its extension.
     """
     files: list[Path] = []
@@ -242,9 +257,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            for entry in sorted(path.iterdir(), key=lambda p: p.name):
-                if entry.name.startswith("."):
+            entries = sorted(path.iterdir(), key=lambda p: p.name)
+            stems = {e.stem for e in entries if e.suffix.lower() in IMAGE_EXTENSIONS}
+            for entry in entries:
+                if entry.name.startswith(".") or entry.name == "metadata.jsonl":
                     continue
+                if entry.suffix.lower() in IMAGE_EXTENSIONS and entry.stem.endswith(".mask"):
+                    continue  # a photo's mask (studio.masks)
+                if entry.suffix.lower() == ".txt" and entry.stem in stems:
+                    continue  # a photo's caption (studio.captions)
                 if entry.is_dir():
                     messages.append(FileMessage("warning", "is a subfolder; subfolders are not searched", entry))
                 elif entry.suffix.lower() in IMAGE_EXTENSIONS:
