@@ -277,3 +277,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
         else:
             messages.append(FileMessage("error", "does not exist", path))
     return files, messages
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (for files Studio wrote, e.g. a subject's images)."""
+    with Image.open(path) as img:
+        return img.size

@@ -80,7 +80,7 @@ def clear_contents(run_dir: Path) -> None:
 
 
 def copy_subject(subject_dir: Path, target: Path) -> None:
-    """Copy a subject into ``target`` (created atomically): subject.json and exactly the images it lists."""
+    """Copy a subject into ``target`` (created atomically): subject.json and exactly the images and masks it lists."""
     from studio.images import ImageRejected, decode_image
 
     subject = load_subject(subject_dir)  # every listed image confined to the subject folder
@@ -88,7 +88,7 @@ def copy_subject(subject_dir: Path, target: Path) -> None:
     with atomic_dir(target) as tmp:
         (tmp / IMAGES_DIR).mkdir()
         entries = []
-        for path in subject.image_paths:
+        for path in subject.files:
             try:
                 decode_image(path)
             except ImageRejected as reason:
@@ -98,7 +98,7 @@ def copy_subject(subject_dir: Path, target: Path) -> None:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, destination)
             entries.append(relative)
-        record["images"] = entries
+        record["images"] = entries[: len(subject.image_paths)]
         write_json(tmp / SUBJECT_FILE, record)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from studio.atomic import atomic_dir, remove_stale_temporaries, write_json
 from studio.errors import ConfigError, StudioError
+from studio.images import image_size
 from studio.interrupts import sigterm_as_interrupt
 from studio.models.vae import decode_in_fp32
 from studio.run_layout import CANCEL_FILE, RESULT_FILE, SUBJECT_DIR, read_run_config
@@ -26,7 +27,8 @@ from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
 from trainers import checkpoints, objectives, placement, trackers
-from trainers.data import LatentSource, load_image_tensors, sample_indices
+from trainers.batches import BatchPlan, load_pair, loss_weights, training_size
+from trainers.data import LatentSource
 from trainers.events import EventLog
 from trainers.method import Method
 from trainers.optim import build_lr_scheduler, build_optimizer
@@ -80,19 +82,24 @@ class Trainer:
         self.base = self.given_base if self.given_base is not None else load_configured_base(config)
         self.family = self.base.family
         self.objective = self.family.objective(self.base.pipeline.scheduler.config)
+        self.method = self.method_class(config, self.base, self.subject)
+        # what each step trains on: buckets, captions, repeats, several subjects (trainers/batches.py)
+        self.sizes = [training_size(image_size(p), config.resolution, config.aspect_ratio_buckets) for p in self.subject.image_paths]
+        self.plan = BatchPlan(config, self.subject, self.sizes, prior=config.prior_preservation,
+                              instance_prompt=self.method.training_prompt)
         self.class_paths: list[Path] = []
         if config.prior_preservation:
-            prompt = (config.class_prompt or self.subject.class_prompt or "").strip()
-            if not prompt:
+            if not all(self.plan.class_prompts):
                 raise ConfigError("prior_preservation is on but the class prompt is empty; set class_prompt or the subject's class noun.")
-            self.class_prompt = prompt
+            self.class_prompt = self.plan.class_prompts[0]
             with accelerator.main_process_first(), placement.generating_on_device(self.base.pipeline, self.device, accelerator.autocast):
-                self.class_paths = class_images(
-                    self.base, prompt, config.num_class_images, resolution=config.resolution,
-                    steps=config.class_image_steps, guidance=config.class_image_guidance,
-                    show_progress=self.show_progress and accelerator.is_main_process,
-                )
-        self.method = self.method_class(config, self.base, self.subject)
+                for concept, prompt, size, count in self.plan.class_requests():
+                    self.plan.add_class_pool(concept, size, len(self.subject.image_paths) + len(self.class_paths), count)
+                    self.class_paths += class_images(
+                        self.base, prompt, count, resolution=size[0] if size[0] == size[1] == config.resolution else size,
+                        steps=config.class_image_steps, guidance=config.class_image_guidance,
+                        show_progress=self.show_progress and accelerator.is_main_process,
+                    )
         self.method.setup()
         self.components = self.method.components
         self._set_dtypes_and_modes()
@@ -117,11 +124,16 @@ class Trainer:
         placement.move_to_device(self.components, self.device, ["vae", *self.family.text_encoder_names])
         vae = self.components["vae"]
         compute_dtype = frozen_dtype(config)
-        instance = load_image_tensors(self.subject.image_paths, config.resolution)
-        images = torch.cat([instance, load_image_tensors(self.class_paths, config.resolution)]) if self.class_paths else instance
-        self.instance_count = len(instance)
-        self.latents = LatentSource(vae, images, cache=config.cache_latents, random_flip=config.random_flip, device=self.device, dtype=compute_dtype)
-        self.prompts = [self.method.instance_prompt()] + ([self.class_prompt] if self.class_paths else [])
+        pairs = [load_pair(path, mask if config.masked_loss else None, config.resolution, config.aspect_ratio_buckets)
+                 for path, mask in zip(self.subject.image_paths, self.subject.mask_paths, strict=True)]
+        pairs += [load_pair(path, None, config.resolution, config.aspect_ratio_buckets) for path in self.class_paths]
+        images = [image for image, _ in pairs]
+        self.masks = [mask for _, mask in pairs]
+        self.instance_count = len(self.subject.image_paths)
+        uniform = len({tuple(image.shape) for image in images}) == 1
+        self.latents = LatentSource(vae, torch.stack(images) if uniform else images, cache=config.cache_latents,
+                                    random_flip=config.random_flip, device=self.device, dtype=compute_dtype)
+        self.prompts = self.plan.prompts
         self.cached_embeddings = None
         if config.cache_text_embeddings and not self.method.text_encoder_trains():
             with torch.no_grad():
@@ -161,12 +173,14 @@ class Trainer:
         self.step_inputs: dict[tuple[int, int], Any] = {}  # per batch layout: selected embeddings or token ids
 
     # ------------------------------------------------------------------ one step
-    def _embeddings(self, instance_rows: int, class_rows: int):
+    def _embeddings(self, instance_rows: int, class_rows: int, rows: list[int] | None = None):
+        """Conditioning for a batch; ``rows``: a prompt index per row (default: the first subject's instance
+        prompt for instance rows, its class prompt for class rows)."""
         from studio.families import PromptEmbedding
 
-        rows = [0] * instance_rows + [1] * class_rows
+        rows = rows or [0] * instance_rows + [1] * class_rows
         components = dict(self.components) | {n: m for n, m in self.models.items() if n.startswith("text_encoder")}
-        layout = (instance_rows, class_rows)
+        layout = tuple(rows)
         if layout not in self.step_inputs:  # the prompts never change: select / tokenize once
             self.step_inputs[layout] = (
                 self.cached_embeddings.select(rows) if self.cached_embeddings is not None
@@ -181,24 +195,26 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         position = step * config.gradient_accumulation_steps + micro
         world, rank = accelerator.num_processes, accelerator.process_index
-        indices = sample_indices(position, config.batch_size, self.instance_count, config.seed, 0, rank, world)
-        class_count = len(self.class_paths)
-        if class_count:
-            indices += [self.instance_count + i for i in sample_indices(position, config.batch_size, class_count, config.seed, 1, rank, world)]
+        batch = self.plan.step(position, rank, world)
+        indices = batch.indices
         latents = self.latents.latents(indices, self.generator)
+        pixel_weights = loss_weights([self.masks[i] for i in indices], tuple(latents.shape[-2:]),
+                                     config.mask_background_weight, self.latents.last_flips)
         noise = objectives.draw_noise(latents, self.generator, config.noise_offset)
         objective = self.objective
         timesteps = objective.sample_timesteps(len(indices), self.generator, latents.device,
                                                image_tokens=self.family.image_tokens(*latents.shape[-2:]))
         noisy, target = objective.noised(latents, noise, timesteps)
-        embedding = self._embeddings(config.batch_size, len(indices) - config.batch_size)
+        embedding = self._embeddings(batch.instance_rows, len(indices) - batch.instance_rows, batch.prompt_rows)
         unet_dtype = self.unet_dtype
+        height, width = self.latents.shape_of(indices[0])
         with accelerator.autocast():
-            prediction = self.family.predict(self.unet_forward, noisy.to(unet_dtype), timesteps,
-                                             embedding.to(dtype=unet_dtype), config.resolution)
+            prediction = self.family.predict(self.unet_forward, noisy.to(unet_dtype), timesteps, embedding.to(dtype=unet_dtype),
+                                             config.resolution if height == width == config.resolution else (height, width))
         weights = objective.weights(timesteps, config.min_snr_gamma)
         return objectives.diffusion_loss(
-            prediction, target, weights=weights, instance_count=config.batch_size, prior_loss_weight=config.prior_loss_weight
+            prediction, target, weights=weights, instance_count=config.batch_size, prior_loss_weight=config.prior_loss_weight,
+            pixel_weights=pixel_weights,
         )
 
     def _optimizer_step(self, step: int) -> torch.Tensor:

@@ -58,17 +58,21 @@ class LatentSource:
 
     The cache keeps each image's posterior mean and std (for both orientations when random flips
     are on), so a cached step still draws a fresh latent sample exactly as re-encoding would.
+    Images may differ in shape (aspect-ratio buckets); one call's ``indices`` must share one shape.
+    The flips of the last call are in ``last_flips`` (a mask flips with its image).
     """
 
-    def __init__(self, vae, images: torch.Tensor, *, cache: bool, random_flip: bool, device, dtype):
+    def __init__(self, vae, images: torch.Tensor | list[torch.Tensor], *, cache: bool, random_flip: bool, device, dtype):
         self.vae = vae
         self.images = images
+        self.items = list(images)
         self.random_flip = random_flip
         self.device = device
         self.dtype = dtype
         self.scaling = float(vae.config.scaling_factor)
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.cached: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self.last_flips = torch.zeros(0, dtype=torch.bool)
         if cache:
             self.cached = self._encode_all()
 
@@ -77,26 +81,31 @@ class LatentSource:
         dist = self.vae.encode(images.to(self.device, dtype=self.vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
-    def _encode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_all(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         means, stds = [], []
-        variants = [self.images, self.images.flip(-1)] if self.random_flip else [self.images]
+        variants = [self.items, [image.flip(-1) for image in self.items]] if self.random_flip else [self.items]
         for variant in variants:
-            for chunk in variant.split(1):  # one image at a time: at 512 px a 4-image VAE pass holds ~2 GB
-                mean, std = self._encode(chunk)
+            for image in variant:  # one image at a time: at 512 px a 4-image VAE pass holds ~2 GB
+                mean, std = self._encode(image[None])
                 means.append(mean)
                 stds.append(std)
-        return torch.cat(means), torch.cat(stds)
+        return means, stds
+
+    def shape_of(self, index: int) -> tuple[int, int]:
+        """(height, width) in pixels of image ``index``."""
+        return tuple(self.items[index].shape[-2:])  # type: ignore[return-value]
 
     def latents(self, indices: list[int], generator: torch.Generator) -> torch.Tensor:
-        count = len(self.images)
+        count = len(self.items)
         flips = (
             torch.rand(len(indices), generator=generator) < 0.5 if self.random_flip else torch.zeros(len(indices), dtype=torch.bool)
         )
+        self.last_flips = flips
         if self.cached is not None:
-            rows = to_device(torch.tensor([i + count * int(f) for i, f in zip(indices, flips, strict=True)]), self.cached[0].device)
-            mean, std = self.cached[0].index_select(0, rows), self.cached[1].index_select(0, rows)
+            rows = [i + count * int(f) for i, f in zip(indices, flips, strict=True)]
+            mean, std = torch.cat([self.cached[0][r] for r in rows]), torch.cat([self.cached[1][r] for r in rows])
         else:
-            batch = self.images[indices]
+            batch = torch.stack([self.items[i] for i in indices])
             batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
             mean, std = self._encode(batch)
         noise = to_device(torch.randn(mean.shape, generator=generator), mean.device)

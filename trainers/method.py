@@ -66,6 +66,11 @@ class Method(ABC):
         """The instance prompt as the trainer tokenizes it."""
         return self.subject.instance_prompt
 
+    def training_prompt(self, prompt_with_identifier: str) -> str:
+        """Any training prompt with the identifier (a caption, another subject's instance prompt) as the
+        trainer tokenizes it."""
+        return prompt_with_identifier
+
     def pipeline_prompt(self, prompt_with_identifier: str) -> str:
         """A prompt as a user types it into a pipeline (TI's multi-vector token expands there)."""
         return prompt_with_identifier

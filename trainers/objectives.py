@@ -35,10 +35,17 @@ def diffusion_loss(
     weights: torch.Tensor | None,
     instance_count: int,
     prior_loss_weight: float,
+    pixel_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(total, instance loss, prior loss). The first ``instance_count`` rows are instance examples,
-    the rest class (prior) examples."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    the rest class (prior) examples. ``pixel_weights`` [B, 1, h, w] (masked loss): each sample's error is
+    the weighted mean over its pixels, so a weight map of ones changes nothing."""
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if pixel_weights is None:
+        per_sample = error.mean(dim=(1, 2, 3))
+    else:
+        pixel_weights = pixel_weights.to(error.device, error.dtype)
+        per_sample = (error * pixel_weights).mean(dim=(1, 2, 3)) / pixel_weights.mean(dim=(1, 2, 3)).clamp_min(1e-8)
     if weights is not None:
         per_sample = per_sample * weights
     instance = per_sample[:instance_count].mean()

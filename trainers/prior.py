@@ -35,7 +35,8 @@ def base_identity(base) -> str:
     return f"folder:{path}:" + hashlib.sha256("|".join(stamps).encode()).hexdigest()
 
 
-def cache_key(base, prompt: str, resolution: int, steps: int, guidance: float) -> str:
+def cache_key(base, prompt: str, resolution: int | tuple[int, int], steps: int, guidance: float) -> str:
+    """Square images keep the key they always had; an aspect-ratio bucket's (width, height) gets its own."""
     scheduler = type(base.pipeline.scheduler).__name__
     record = json.dumps([base_identity(base), prompt, resolution, steps, guidance, scheduler, 1])
     return hashlib.sha256(record.encode()).hexdigest()[:20]
@@ -46,13 +47,14 @@ def class_images(
     prompt: str,
     count: int,
     *,
-    resolution: int,
+    resolution: int | tuple[int, int],
     steps: int,
     guidance: float,
     batch_size: int = 4,
     show_progress: bool = True,
 ) -> list[Path]:
-    """Paths of ``count`` cached class images for ``prompt``, generating the missing ones."""
+    """Paths of ``count`` cached class images for ``prompt``, generating the missing ones; ``resolution`` is a
+    square side or an aspect-ratio bucket's (width, height)."""
     folder = class_images_cache_dir() / cache_key(base, prompt, resolution, steps, guidance)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(

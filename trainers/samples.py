@@ -11,13 +11,15 @@ from studio.run_layout import SAMPLES_DIR  # noqa: F401 - re-exported (the train
 
 
 @torch.no_grad()
-def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, resolution: int) -> list:
-    """One square image per (prompt, seed), with classifier-free guidance; no progress bar."""
+def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: int, guidance: float,
+                    resolution: int | tuple[int, int]) -> list:
+    """One image per (prompt, seed), square or (width, height), with classifier-free guidance; no progress bar."""
     pipeline.set_progress_bar_config(disable=True)
+    width, height = resolution if isinstance(resolution, tuple) else (resolution, resolution)
     return pipeline(
         prompt=prompts,
-        height=resolution,
-        width=resolution,
+        height=height,
+        width=width,
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=[torch.Generator().manual_seed(seed) for seed in seeds],

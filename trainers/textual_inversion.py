@@ -70,7 +70,16 @@ class TextualInversionMethod(Method):
     def pipeline_prompt(self, prompt_with_identifier: str) -> str:
         return self._with_tokens(prompt_with_identifier, self.token)
 
+    def training_prompt(self, prompt_with_identifier: str) -> str:
+        return self._with_tokens(prompt_with_identifier, " ".join(self.placeholder_tokens))
+
     def setup(self) -> None:
+        if len(self.subject.concepts) > 1:
+            raise ConfigError(
+                f"Textual inversion learns one subject's token; this subject holds {len(self.subject.concepts)} "
+                f"({', '.join(c.identifier for c in self.subject.concepts)}). Train them with lora or dreambooth, "
+                "or one textual-inversion run per subject."
+            )
         for module in self.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)

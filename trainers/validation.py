@@ -196,8 +196,12 @@ class Validator:
     def _losses(self) -> dict[str, float | None]:
         """Denoising MSE at fixed noise and timesteps on the first instance (and class) images."""
         trainer, config = self.trainer, self.config
-        instance = list(range(min(LOSS_IMAGES, trainer.instance_count)))
-        classes = [trainer.instance_count + i for i in range(min(LOSS_IMAGES, len(trainer.class_paths)))]
+        # one batch holds one shape: with aspect-ratio buckets, the images shaped like the first one
+        shape = trainer.latents.shape_of(0)
+        same = [i for i in range(trainer.instance_count + len(trainer.class_paths)) if trainer.latents.shape_of(i) == shape]
+        instance = [i for i in same if i < trainer.instance_count][:LOSS_IMAGES]
+        classes = [i for i in same if i >= trainer.instance_count][:LOSS_IMAGES]
+        resolution = config.resolution if shape == (config.resolution, config.resolution) else shape
         generator = torch.Generator().manual_seed(config.seed + LOSS_SEED_OFFSET)
         latents = trainer.latents.latents(instance + classes, generator)
         embedding = trainer._embeddings(len(instance), len(classes))
@@ -209,7 +213,7 @@ class Validator:
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
             noisy, target = objective.noised(latents, noise, timesteps)
             with trainer.accelerator.autocast():
-                prediction = family.predict(unet, noisy.to(dtype), timesteps, embedding.to(dtype=dtype), config.resolution)
+                prediction = family.predict(unet, noisy.to(dtype), timesteps, embedding.to(dtype=dtype), resolution)
             error = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
             per_row += error.double().cpu() / len(LOSS_TIMESTEP_FRACTIONS)
         count = len(instance)

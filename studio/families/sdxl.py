@@ -18,9 +18,11 @@ import torch
 from studio.families.base import ModelFamily, PromptEmbedding
 
 
-def sdxl_time_ids(resolution: int, batch: int, *, dtype=None, device=None) -> torch.Tensor:
-    """[batch, 6] time ids for an uncropped square image of ``resolution`` pixels."""
-    row = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=dtype or torch.float32, device=device)
+def sdxl_time_ids(resolution: int | tuple[int, int], batch: int, *, dtype=None, device=None) -> torch.Tensor:
+    """[batch, 6] time ids for an uncropped image of ``resolution`` pixels: a square side, or (height, width)
+    for an aspect-ratio bucket (original size = target size, crop (0, 0))."""
+    height, width = resolution if isinstance(resolution, tuple) else (resolution, resolution)
+    row = torch.tensor([height, width, 0, 0, height, width], dtype=dtype or torch.float32, device=device)
     return row.expand(batch, -1)
 
 
