@@ -124,7 +124,10 @@ def export_run(
     chosen = parse_formats(method, formats)
     if rank < 1:
         raise StudioError(f"--rank must be at least 1 (got {rank}).")
-    _check_supported(str(result.get("family", "sd1")), chosen)
+    family = str(result.get("family", "sd1"))
+    if isinstance(formats, str) and formats.strip().lower() == "all":  # every format this family's writers have
+        chosen = [f for f in chosen if f not in _unsupported(family)]
+    _check_supported(family, chosen)
     out = Path(out_dir).expanduser() if out_dir else run.directory / "exports" / "-".join(chosen)
     _check_out_dir(out, force, run.directory)
     token = None
@@ -177,10 +180,21 @@ def _typed_instance_prompt(run) -> str:
     return replace_word(run.subject.instance_prompt, run.subject.identifier, run.token)
 
 
+def _unsupported(family: str) -> set[str]:
+    from studio.families import family_named
+
+    model = family_named(family)
+    return {name for name, written in (("kohya", model.supports_kohya_lora), ("single-file", model.supports_single_file))
+            if not written}
+
+
 def _check_supported(family: str, formats: list[str]) -> None:
     """Refuse, before any work, combinations no writer supports yet."""
     from studio.families import family_named
 
+    if "kohya" in formats and not family_named(family).supports_kohya_lora:
+        raise StudioError(f"The kohya/webui LoRA layout is not written for {family} models yet; export --format "
+                          "diffusers (ComfyUI and diffusers load it) or peft.")
     if "single-file" in formats and not family_named(family).supports_single_file:
         raise StudioError(f"Single-file export supports SD1.x and SDXL models (this run is {family}); "
                           "use --format diffusers.")

@@ -61,13 +61,14 @@ def export_extracted_lora(ctx: ExportContext, weights: LoraWeights, directory: P
     """The SVD LoRA of a DreamBooth run in diffusers + kohya layout; its image gap is reported, not failed,
     and so is what each consumer leaves out of it (with its share of the fine-tune's change)."""
     directory.mkdir(parents=True, exist_ok=True)
-    diffusers_file = save_diffusers_lora_weights(weights, directory, ctx.family)
-    kohya_file = save_kohya_lora(weights, directory / f"{ctx.stem}-lora.safetensors", ctx.family, kohya_info(ctx),
-                                 unet_config=ctx.unet_config)
-    for path, fmt in ((diffusers_file, "diffusers"), (kohya_file, "kohya")):
+    written = [(save_diffusers_lora_weights(weights, directory, ctx.family), "diffusers")]
+    if ctx.family.supports_kohya_lora:
+        written.append((save_kohya_lora(weights, directory / f"{ctx.stem}-lora.safetensors", ctx.family, kohya_info(ctx),
+                                        unet_config=ctx.unet_config), "kohya"))
+    for path, fmt in written:
         _verify_lora_file(ctx, path, weights, fmt, compare=False, norms=(module_norm2, delta_norm2))
-    ctx.usage += lora_usage(ctx, ["diffusers", "kohya"], directory.relative_to(ctx.out).as_posix(),
-                            kohya_stem=kohya_file.stem)
+    ctx.usage += lora_usage(ctx, [fmt for _, fmt in written], directory.relative_to(ctx.out).as_posix(),
+                            kohya_stem=written[-1][0].stem if len(written) > 1 else None)
 
 
 def kohya_info(ctx: ExportContext) -> dict:

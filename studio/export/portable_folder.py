@@ -23,7 +23,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 
 def make_portable(folder: Path, family) -> None:
     """Root every text encoder's weights and give every BPE tokenizer its ``vocab.json``/``merges.txt``."""
-    for name in family.text_encoder_names:
+    for name in family.clip_text_encoder_names:  # T5's keys have no CLIP root
         root_text_encoder_weights(folder / name)
     for name in family.tokenizer_names:
         write_slow_tokenizer_files(folder / name)

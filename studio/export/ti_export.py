@@ -65,7 +65,16 @@ def export_ti_run(ctx: ExportContext, formats: list[str]) -> None:
         # diffusers reads a one-tensor file itself; SDXL's pair is loaded tensor by tensor, as its docs show
         sources = {"text_encoder": str(target)} if A1111_KEY in state else {
             encoder: state[key] for encoder, key in ENCODER_KEYS.items() if key in state}
-        _verify(ctx, sources, name, name, rows, "A1111", "A1111, Forge, ComfyUI, diffusers", {"a1111": target})
+        if ctx.family.text_only_encoder_names:
+            # T5 reads the typed word as text: the image a user gets depends on what they type, so the rows
+            # are checked under the run's own token (the image then must match), and the card says so.
+            ctx.notes.append(
+                f"{ctx.family.label}'s T5 encoder reads the prompt as text and gets no embedding: type `{token}` as "
+                f"trained (the file's name `{name}` is what A1111/Forge/ComfyUI call it); another spelling changes "
+                "what T5 sees, and so the image.")
+            _verify(ctx, sources, token, token, rows, "A1111", "Forge, ComfyUI, diffusers", {"a1111": target})
+        else:
+            _verify(ctx, sources, name, name, rows, "A1111", "A1111, Forge, ComfyUI, diffusers", {"a1111": target})
     ctx.usage += _usage(ctx, formats, token, list(files.values()))
 
 
@@ -79,8 +88,14 @@ def _verify(ctx: ExportContext, sources: dict, load_as: str | None, token: str, 
     vectors = 0
     for encoder, source in sources.items():
         tokenizer = getattr(pipe, encoder.replace("text_encoder", "tokenizer"))
-        pipe.load_textual_inversion(source, token=load_as or (token if not isinstance(source, str) else None),
-                                    text_encoder=getattr(pipe, encoder), tokenizer=tokenizer)
+        load_token = load_as or (token if not isinstance(source, str) else None)
+        if hasattr(pipe, "load_textual_inversion"):
+            pipe.load_textual_inversion(source, token=load_token, text_encoder=getattr(pipe, encoder), tokenizer=tokenizer)
+        else:  # SD3's pipeline has no textual-inversion loader: the same rows added as Studio applies them
+            from studio.adapters import add_token_rows
+
+            file_token, loaded = read_learned_embeds(Path(source)) if isinstance(source, str) else (None, source)
+            add_token_rows(tokenizer, getattr(pipe, encoder), load_token or file_token, loaded)
         vectors = check_embeddings_loaded(pipe, tokens, rows[encoder], what, encoder=encoder)
     prompt = replace_word(ctx.spec.prompt, ctx.run.token, token)
     difference = image_difference(render(pipe, ctx.spec, prompt=prompt), ctx.reference_image())

@@ -80,6 +80,7 @@ class ModelFamily(ABC):
     tokenizer_names: tuple[str, ...]
     hub_tags: tuple[str, ...] = ("stable-diffusion",)  # the Hub's model-family tags for a model card
     supports_single_file: bool = False  # can a full model be written in the original single-file layout?
+    supports_kohya_lora: bool = True  # does this family name its LoRA modules for kohya/webui files?
     kohya_base_model_version: str
     modelspec_architecture: str
     # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).
@@ -122,9 +123,19 @@ class ModelFamily(ABC):
         return self.text_encoder_names
 
     @property
+    def clip_text_encoder_names(self) -> tuple[str, ...]:
+        """The CLIP text encoders (their files and LoRA keys use CLIP's ``text_model.`` root; T5's do not)."""
+        return self.text_encoder_names
+
+    @property
     def embedding_text_encoder_names(self) -> tuple[str, ...]:
         """Text encoders textual inversion adds tokens to (with their tokenizers, in the same order)."""
-        return self.text_encoder_names
+        return self.clip_text_encoder_names
+
+    @property
+    def text_only_encoder_names(self) -> tuple[str, ...]:
+        """Text encoders that read a prompt as text but get no embedding (T5): they see a placeholder's spelling."""
+        return tuple(n for n in self.text_encoder_names if n not in self.embedding_text_encoder_names)
 
     def tokenizer_of(self, text_encoder_name: str) -> str:
         return self.tokenizer_names[self.text_encoder_names.index(text_encoder_name)]

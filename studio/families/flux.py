@@ -41,6 +41,7 @@ class FluxFamily(ModelFamily):
     modelspec_architecture = "flux-1-dev/lora"
     # kohya sd-scripts' Flux LoRA names (networks/lora_flux.py): the transformer under ``lora_unet_`` in
     # BFL's block names, CLIP-L under ``lora_te1_``; T5 LoRAs (``lora_te3_``) are not trained here.
+    supports_kohya_lora = False  # not written yet: BFL/SAI block names with fused qkv (see docs/flow.md)
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
 
     @classmethod
@@ -57,8 +58,8 @@ class FluxFamily(ModelFamily):
         return ("text_encoder",)  # FluxPipeline.save_lora_weights takes CLIP-L's LoRA, not T5's
 
     @property
-    def embedding_text_encoder_names(self) -> tuple[str, ...]:
-        return ("text_encoder",)  # textual inversion into CLIP-L, as diffusers' and kohya's Flux TI do
+    def clip_text_encoder_names(self) -> tuple[str, ...]:
+        return ("text_encoder",)  # textual inversion goes into CLIP-L (as diffusers' and kohya's Flux TI do)
 
     def objective(self, scheduler_config: Any):
         """Logit-normal σ with Flux's resolution-dependent shift (the sampler's own schedule)."""

@@ -34,6 +34,7 @@ class StableDiffusion3Family(ModelFamily):
     hub_tags = ("sd3", "sd3-diffusers")
     kohya_base_model_version = "sd3"
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
+    supports_kohya_lora = False  # not written yet: BFL/SAI block names with fused qkv (see docs/flow.md)
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 
     @classmethod
@@ -52,7 +53,7 @@ class StableDiffusion3Family(ModelFamily):
         return ("text_encoder", "text_encoder_2")  # the CLIP encoders (StableDiffusion3Pipeline.save_lora_weights)
 
     @property
-    def embedding_text_encoder_names(self) -> tuple[str, ...]:
+    def clip_text_encoder_names(self) -> tuple[str, ...]:
         return ("text_encoder", "text_encoder_2")
 
     def text_encoders(self, components: dict[str, Any]) -> list[Any]:

@@ -1,0 +1,73 @@
+"""Export and evaluation of Flux and SD3 runs: every format the family writes reloads and renders the
+studio's image; the formats it does not write yet are refused by name before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+import trainers
+from studio.errors import StudioError
+from studio.export.exporter import export_run
+
+BASES = {"flux": "tiny-flux", "sd3": "tiny-sd3"}
+QUICK = {"steps": 3, "batch_size": 1, "validation": False}
+
+
+@pytest.fixture(scope="module", params=list(BASES))
+def family(request):
+    return request.param
+
+
+def _train(family, method, sample_subject, tmp_path_factory, **extra):
+    directory = tmp_path_factory.mktemp(f"{family}-{method}") / "run"
+    trainers.train(tiny_config(method, base=BASES[family], **QUICK, **extra), sample_subject, directory)
+    return directory
+
+
+def _checks(result) -> dict[str, str]:
+    return {entry["path"]: entry["check"] for entry in result.files}
+
+
+def test_lora_exports_diffusers_and_peft_and_refuses_kohya(family, sample_subject, tmp_path_factory):
+    run = _train(family, "lora", sample_subject, tmp_path_factory, train_text_encoder=True, learning_rate=1e-2)
+    with pytest.raises(StudioError, match="kohya"):
+        export_run(run, "kohya", run / "exports" / "kohya")
+    result = export_run(run, "all")
+    assert result.formats == ["diffusers", "peft"]
+    checks = _checks(result)
+    assert "max pixel diff 0.0e+00" in checks["pytorch_lora_weights.safetensors"]
+    keys = load_file(str(result.out_dir / "pytorch_lora_weights.safetensors"))
+    assert {k.split(".")[0] for k in keys} == {"transformer", *(("text_encoder",) if family == "flux" else
+                                                                ("text_encoder", "text_encoder_2"))}
+    assert (result.out_dir / "peft" / "transformer" / "adapter_config.json").is_file()
+    card = (result.out_dir / "README.md").read_text()
+    assert ("flux" if family == "flux" else "sd3") in card.split("---")[1]  # the Hub's family tag
+    assert json.loads((result.out_dir / "export.json").read_text())["family"] == family
+
+
+def test_textual_inversion_exports_both_layouts(family, sample_subject, tmp_path_factory):
+    run = _train(family, "textual_inversion", sample_subject, tmp_path_factory, learning_rate=5e-2)
+    result = export_run(run, "all")
+    files = _checks(result)
+    assert "sks.safetensors" in files and all("max pixel diff 0.0e+00" in check for check in files.values())
+    a1111 = load_file(str(result.out_dir / "sks.safetensors"))
+    assert set(a1111) == ({"emb_params"} if family == "flux" else {"clip_l", "clip_g"})
+    if family == "flux":  # T5 reads the typed word: the card says to type the trained token
+        assert "T5" in (result.out_dir / "README.md").read_text()
+
+
+def test_dreambooth_exports_a_folder_whose_t5_reloads_unchanged(family, sample_subject, tmp_path_factory):
+    run = _train(family, "dreambooth", sample_subject, tmp_path_factory, learning_rate=1e-3)
+    with pytest.raises(StudioError, match="Single-file"):
+        export_run(run, "single-file", run / "exports" / "sf")
+    result = export_run(run, "diffusers")
+    assert "max pixel diff 0.0e+00" in _checks(result)["model_index.json"]
+    t5 = "text_encoder_2" if family == "flux" else "text_encoder_3"
+    keys = load_file(str(result.out_dir / t5 / "model.safetensors"))
+    assert not any(k.startswith("text_model.") for k in keys)  # only CLIP's keys get CLIP's root
+    assert all(torch.isfinite(v).all() for v in keys.values())
