@@ -56,7 +56,13 @@ def transformer(name: str, device: str | torch.device = "meta", dtype: torch.dty
 
 
 def text_encoder(kind: str):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
 
     with torch.device("meta"):
         if kind == "clip_l":
