@@ -26,6 +26,7 @@ from studio.evaluation.embed_cache import reference_embeddings
 from studio.evaluation.embedding import Embedder, Embeddings
 from studio.evaluation.errors import EvaluationError
 from studio.evaluation.generation import GenerationSettings, ImageRequest, generate_batches
+from studio.evaluation.per_subject import score_other_subjects, subject_entry, subject_references
 from studio.evaluation.prompts import EvalPrompt, build_prompts, is_live, resolve_templates
 from studio.evaluation.report import new_report
 from studio.evaluation.scoring import per_group_scores, score_embeddings
@@ -194,7 +195,7 @@ def evaluate_run(
 
     embedder = Embedder(load_backbone("clip", clip, device=device, allow_pickle=allow_pickle),
                         load_backbone("dino", dino, device=device, allow_pickle=allow_pickle))
-    references = list(subject.image_paths)
+    references = subject_references(subject, 0)  # the main subject's photos (all of them for one subject)
     ref_emb = reference_embeddings(embedder, references)
     text_emb = embedder.embed_texts([p.text for p in eval_prompts])
     tuned_requests = _requests(eval_prompts, seeds, "personalised")
@@ -204,11 +205,14 @@ def evaluate_run(
     base_requests = _requests(eval_prompts, seeds, "base") if base else []
     timing = {"generation_s": 0.0, "embedding_s": 0.0}
     report = new_report("run")
-    tracker = track("loading models", len(tuned_requests) + len(class_requests) + len(base_requests), "image")
+    others_count = len(seeds) * sum(len(resolve_templates(prompts, c.class_noun)[: max_prompts or None]) for c in subject.concepts[1:])
+    tracker = track("loading models", len(tuned_requests) + len(class_requests) + len(base_requests) + others_count, "image")
     with run_lock(run.directory, "eval"), atomic_dir(_fresh_eval_dir(run.directory), replace=True) as root:
         generation_started = time.perf_counter()
         pipe = _to_device(runs.personalised_pipeline(weights), device)
         tuned = _generate(pipe, tuned_requests, settings, root, embedder, timing, tracker)
+        others = score_other_subjects(subject, prompts, max_prompts, seeds, embedder,
+                                      lambda requests: _generate(pipe, requests, settings, root, embedder, timing, tracker))
         classes = _generate(pipe, class_requests, settings, root, embedder, timing, tracker) if class_requests else None
         scheduler = type(getattr(pipe, "scheduler", None)).__name__
         del pipe
@@ -233,6 +237,9 @@ def evaluate_run(
             report["base_scores"]["pres"] = None
             per_base = per_group_scores(base_emb, ref_emb, groups, texts)
         per_tuned = per_group_scores(tuned, ref_emb, groups, texts)
+        if others:  # several subjects: each scored on its own prompts against its own photos
+            report["subjects"] = [subject_entry(subject.concepts[0], report["scores"], [r.path for r in tuned_requests]),
+                                  *others]
         report["per_prompt"] = [
             {
                 "template": p.template,
