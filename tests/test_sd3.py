@@ -87,3 +87,18 @@ def test_lora_learns_changes_only_adapters_and_reloads(sd3_lora, sd3_base):
     pipe = personalised_pipeline(run)
     after = fixed_noise_loss(pipe, images, run.prompt("a {0} {1}"))
     assert after < before * 0.9, f"{before:.4f} -> {after:.4f}"
+
+
+def test_trains_without_t5(sample_subject, tmp_path):
+    """T5 is optional for SD3 as in diffusers: without it, zeros of T5's shape stand in, and LoRA trains."""
+    base = load_base("tiny-sd3")
+    base.pipeline.text_encoder_3 = base.pipeline.tokenizer_3 = None
+    assert "text_encoder_3" not in base.components
+    config = tiny_config("lora", **LORA | {"steps": 4, "train_text_encoder": False})
+    directory = tmp_path / "run"
+    prepare_run_dir(config, sample_subject, directory)
+    trainer = Trainer(METHODS["lora"], config, directory, base=base)
+    result = trainer.run()
+    assert result["steps"] == 4 and trainer.cached_embeddings.hidden.shape[1] == 77 + 256
+    saved = load_file(str(directory / "adapter" / "pytorch_lora_weights.safetensors"))
+    assert {key.split(".")[0] for key in saved} == {"transformer"}
