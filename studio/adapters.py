@@ -19,7 +19,7 @@ from studio.export.lora_peft import is_peft_folder
 from studio.export.lora_weights import COMPONENTS, LORA_WEIGHTS_FILE
 from studio.export.ti import DIFFUSERS_FILE as EMBEDDINGS_FILE
 from studio.export.ti import SDXL_KEYS, a1111_name, embedding_kind
-from studio.methods import EMBEDDING, LORA, MODEL, MethodSpec, method_spec
+from studio.methods import EMBEDDING, LORA, MODEL, MethodSpec, adapter_type_spec, method_spec
 from studio.run_layout import RESULT_FILE
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
@@ -97,6 +97,8 @@ def _resolve_folder(path: Path) -> AdapterSource:
         artifact = path / result.get("artifact", "adapter")
         produces = _spec(result, path).produces
         if produces == LORA:
+            if _held_in_peft_folders(result):  # LoKr, LoHa
+                return AdapterSource(artifact, "lora", "peft", base=result.get("base"))
             return AdapterSource(artifact / LORA_WEIGHTS_FILE, "lora", "diffusers", base=result.get("base"))
         if produces == EMBEDDING:
             if (artifact / EMBEDDINGS_FILE).is_file():
@@ -167,8 +169,17 @@ def load_adapter(pipe, source: AdapterSource, adapter_name: str, *, token: str |
         ) from error
 
 
+def _held_in_peft_folders(result: dict[str, Any]) -> bool:
+    """Whether a LoRA-producing run's result is peft adapter folders (its adapter type says: LoKr, LoHa)."""
+    return adapter_type_spec(result.get("adapter_type")).run_layout == "peft"
+
+
 def _load_lora(pipe, source: AdapterSource, adapter_name: str) -> None:
-    if source.format == "peft":
+    from studio.peft_files import load_peft_adapters, needs_peft_loader
+
+    if source.format == "peft" and needs_peft_loader(source.path):  # LoKr, LoHa, DoRA: peft's own layers
+        load_peft_adapters(pipe, source.path, adapter_name)
+    elif source.format == "peft":
         from studio.export.lora_peft import read_peft_folders
         from studio.export.lora_weights import diffusers_lora_state
         from studio.families import family_for
@@ -212,7 +223,11 @@ def apply_run_result(run_dir: Path, result: dict[str, Any], config):
     if produces == MODEL:
         return load_base(str(artifact)).pipeline
     pipeline = load_configured_base(config).pipeline
-    if produces == LORA:
+    if produces == LORA and _held_in_peft_folders(result):
+        from studio.peft_files import load_peft_adapters
+
+        load_peft_adapters(pipeline, artifact, "run")
+    elif produces == LORA:
         pipeline.load_lora_weights(str(artifact), weight_name=LORA_WEIGHTS_FILE, use_safetensors=True)
     elif produces == EMBEDDING:
         family_files = sorted(artifact.glob("learned_embeds_*.safetensors"))

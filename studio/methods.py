@@ -65,6 +65,55 @@ METHOD_SPECS: dict[str, MethodSpec] = {
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_SPECS)
 
 
+@dataclass(frozen=True)
+class AdapterTypeSpec:
+    """One kind of low-rank adapter a LoRA-producing method trains (the ``adapter_type`` setting).
+
+    ``run_layout`` is how the run's result holds it: ``diffusers`` (``pytorch_lora_weights.safetensors``,
+    which diffusers' ``load_lora_weights`` reads: LoRA and DoRA) or ``peft`` (``adapter/peft/<component>/``
+    adapter folders, which peft reads: LoKr and LoHa, which diffusers' SD loaders do not). ``kohya_algo``
+    names the LyCORIS algorithm in a kohya-layout file's ``ss_network_args`` (None: kohya's plain LoRA).
+    """
+
+    name: str
+    label: str
+    peft_type: str  # peft's PeftType
+    hub_tag: str
+    run_layout: str  # "diffusers" | "peft"
+    export_formats: tuple[str, ...]
+    kohya_algo: str | None = None
+
+
+ADAPTER_TYPES: dict[str, AdapterTypeSpec] = {
+    spec.name: spec
+    for spec in (
+        AdapterTypeSpec("lora", "LoRA", "LORA", "lora", "diffusers", ("diffusers", "kohya", "peft")),
+        AdapterTypeSpec("dora", "DoRA", "LORA", "dora", "diffusers", ("diffusers", "kohya", "peft"), "dora"),
+        AdapterTypeSpec("lokr", "LoKr", "LOKR", "lokr", "peft", ("peft", "kohya"), "lokr"),
+        AdapterTypeSpec("loha", "LoHa", "LOHA", "loha", "peft", ("peft", "kohya"), "loha"),
+    )
+}
+ADAPTER_TYPE_NAMES: tuple[str, ...] = tuple(ADAPTER_TYPES)
+
+
+def adapter_type_spec(name: str | None) -> AdapterTypeSpec:
+    """The description of adapter type ``name`` (a result without one is a plain LoRA)."""
+    try:
+        return ADAPTER_TYPES[name or "lora"]
+    except KeyError:
+        raise StudioError(
+            f"'{name}' is not an adapter type Studio knows; the types are {', '.join(ADAPTER_TYPE_NAMES)}."
+        ) from None
+
+
+def export_formats_for(method: str, adapter_type: str | None = None) -> tuple[str, ...]:
+    """The export formats of a run: its method's, narrowed to its adapter type's for a LoRA-producing run."""
+    spec = method_spec(method)
+    if spec.produces != LORA or not adapter_type or adapter_type == "lora":
+        return spec.export_formats
+    return tuple(f for f in spec.export_formats if f in adapter_type_spec(adapter_type).export_formats)
+
+
 def method_spec(name: str) -> MethodSpec:
     """The description of method ``name``; an unknown name is an error that lists the known ones."""
     try:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from studio.methods import METHOD_NAMES
+from studio.methods import ADAPTER_TYPE_NAMES, METHOD_NAMES
 from studio.sampling import GUIDANCE
 
 BASIC = "basic"
@@ -61,7 +61,11 @@ class TrainConfig:
     text_encoder_learning_rate: float | None = setting(None, "Learning rate of the text encoder when it trains (empty: same as learning_rate).", minimum=0.0, maximum=1.0, nullable=True)
     lr_scheduler: str = setting("constant", "Learning-rate schedule.", choices=("constant", "constant_with_warmup", "linear", "cosine"))
     lr_warmup_steps: int = setting(0, "Warm-up steps of the learning-rate schedule.", minimum=0, maximum=1_000_000)
-    optimizer: str = setting("adamw", "Optimizer; adamw8bit (bitsandbytes) keeps its state in 8 bits and saves memory.", group=BASIC, choices=("adamw", "adamw8bit"))
+    optimizer: str = setting("adamw", "Optimizer; adamw8bit (bitsandbytes) keeps its state in 8 bits and saves memory; prodigy (prodigyopt) estimates the step size itself: set learning_rate 1.0; schedulefree_adamw (schedulefree) needs no decaying schedule: lr_scheduler constant, its warm-up is lr_warmup_steps.", group=BASIC, choices=("adamw", "adamw8bit", "prodigy", "schedulefree_adamw"))
+    prodigy_d_coef: float = setting(1.0, "Prodigy: multiplier of its estimated step size (below 1 for gentler steps).", minimum=0.0, maximum=100.0)
+    ema_decay: float = setting(0.0, "Keep an exponential moving average (EMA) of the trained weights with this decay per step (0: off; 0.999 is usual for long runs, 0.99 for short ones).", minimum=0.0, maximum=0.999999)
+    ema_on_cpu: bool = setting(True, "Hold the EMA copy in CPU memory (no accelerator memory; it is updated every step from the device).")
+    ema_weights: str = setting("ema", "With EMA on: which weights samples, validation and the run's result use (the other set is saved beside the result as RUN/<artifact>-raw or -ema, and export can take either).", choices=("ema", "raw"))
     weight_decay: float = setting(1e-2, "AdamW weight decay (textual inversion uses 0 on its embedding rows).", minimum=0.0, maximum=1.0)
     max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 disables).", minimum=0.0, maximum=1e6)
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: much less memory, about 20-30% slower.", group=BASIC)
@@ -78,6 +82,8 @@ class TrainConfig:
     lora_target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"], "UNet modules that get LoRA adapters (attention projections by default).", methods=("lora",))
     lora_text_encoder_target_modules: list[str] = setting(["q_proj", "k_proj", "v_proj", "out_proj"], "Text-encoder modules that get LoRA adapters when the text encoder trains.", methods=("lora",))
     lora_dropout: float = setting(0.0, "Dropout on the LoRA path.", minimum=0.0, maximum=1.0, methods=("lora",))
+    adapter_type: str = setting("lora", "Kind of low-rank adapter: lora; dora (LoRA plus a trained magnitude per output, DoRA); lokr (Kronecker product of two factors, LoKr); loha (Hadamard product of two low-rank pairs, LoHa). lora_rank, lora_alpha and the target modules apply to each.", group=BASIC, choices=ADAPTER_TYPE_NAMES, methods=("lora",))
+    lokr_factor: int = setting(-1, "LoKr: size of the first Kronecker factor (-1: the most balanced split of each layer's dimensions).", minimum=-1, maximum=4096, methods=("lora",))
     train_text_encoder: bool = setting(False, "Also train the text encoder (LoRA on it, or full for DreamBooth).", group=BASIC, methods=("lora", "dreambooth"))
     num_vectors: int = setting(1, "Embedding vectors per placeholder token.", group=BASIC, minimum=1, maximum=75, methods=("textual_inversion",))
     initializer_token: str = setting("", "Word the new embedding starts from (empty: the subject's class noun).", methods=("textual_inversion",))

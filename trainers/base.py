@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ from studio.subjects import load_subject
 from trainers import checkpoints, objectives, placement, trackers
 from trainers.batches import BatchPlan, load_pair, loss_weights, training_size
 from trainers.data import LatentSource
+from trainers.ema import ExponentialAverage
 from trainers.events import EventLog
 from trainers.method import Method
-from trainers.optim import build_lr_scheduler, build_optimizer
+from trainers.optim import build_lr_scheduler, build_optimizer, set_weight_mode
 from trainers.placement import frozen_dtype
 from trainers.prior import class_images
 from trainers.samples import SAMPLES_DIR, default_sample_prompts, render_samples
@@ -171,6 +172,20 @@ class Trainer:
         self.unet_dtype = self.components[denoiser].dtype
         self.clip_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.step_inputs: dict[tuple[int, int], Any] = {}  # per batch layout: selected embeddings or token ids
+        set_weight_mode(self.optimizer, "train")  # schedule-free: step the training sequence
+        self.ema = ExponentialAverage(self.method, config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
+
+    @contextmanager
+    def evaluated_weights(self, *, ema: bool = True):
+        """The weights to sample, validate and save: schedule-free's averaged ones, and (``ema`` and
+        ``ema_weights: ema``) the EMA; the training weights come back exactly afterwards."""
+        use_ema = ema and self.ema is not None and self.config.ema_weights == "ema"
+        set_weight_mode(self.optimizer, "eval")
+        try:
+            with self.ema.applied() if use_ema else nullcontext():
+                yield
+        finally:
+            set_weight_mode(self.optimizer, "train")
 
     # ------------------------------------------------------------------ one step
     def _embeddings(self, instance_rows: int, class_rows: int, rows: list[int] | None = None):
@@ -232,6 +247,8 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         return total
 
     # ------------------------------------------------------------------ checkpoints, samples
@@ -244,12 +261,15 @@ class Trainer:
             generator=self.generator.get_state(),
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            ema=self.ema.state() if self.ema is not None else None,
         )
 
     def _checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            path = checkpoints.save_checkpoint(self.run_dir, self._state(), self.config.checkpoints_to_keep,
+            with self.evaluated_weights(ema=False):  # resume restores these and the optimizer's mode
+                state = self._state()
+            path = checkpoints.save_checkpoint(self.run_dir, state, self.config.checkpoints_to_keep,
                                                protect=self.validator.protected())
             self.events.emit("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
         self.accelerator.wait_for_everyone()
@@ -276,6 +296,9 @@ class Trainer:
         state = checkpoints.load_checkpoint(directory)
         self.method.load_trainable_state(state.trainable)
         self.optimizer.load_state_dict(state.optimizer)
+        set_weight_mode(self.optimizer, "train")  # saved in schedule-free's eval mode: back to training weights
+        if self.ema is not None:
+            self.ema.load_state(state.ema or {})
         self.lr_scheduler.load_state_dict(state.lr_scheduler | {"lr_lambdas": [None] * len(self.optimizer.param_groups)})
         self.generator.set_state(state.generator)
         torch.set_rng_state(state.torch_rng)
@@ -291,7 +314,7 @@ class Trainer:
         unet = self.components[self.family.denoiser_name]
         was_training = unet.training
         unet.eval()
-        with placement.brought_back(self.components, self.released, self.device), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
+        with self.evaluated_weights(), placement.brought_back(self.components, self.released, self.device), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
             paths = render_samples(
                 self.base.pipeline, self.sample_prompts, seed=config.seed, steps=config.sample_steps,
                 guidance=config.sample_guidance, resolution=config.resolution, directory=directory,
@@ -360,7 +383,8 @@ class Trainer:
         self.validator.start()
         if self.step == 0:
             self._sample()
-            self.validator.validate(0, candidate=False)
+            with self.evaluated_weights():
+                self.validator.validate(0, candidate=False)
         start_step, started = self.step, time.perf_counter()
         # On a GPU a logged step's loss is read (a host sync) only after the next step is queued, so the
         # GPU never idles waiting for Python; on a CPU reading it costs nothing and happens at once.
@@ -385,7 +409,8 @@ class Trainer:
             if sample_due:
                 self._sample()
             if self.validator.due(self.step, checkpoint_due):
-                self.validator.validate(self.step, candidate=checkpoint_due or self.step == config.steps)
+                with self.evaluated_weights():
+                    self.validator.validate(self.step, candidate=checkpoint_due or self.step == config.steps)
                 if self.validator.stop_reason:
                     break
         return self._finish()
@@ -422,7 +447,7 @@ class Trainer:
         result: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             target = self.run_dir / self.method.artifact
-            with atomic_dir(target, replace=True) as tmp:
+            with atomic_dir(target, replace=True) as tmp, self.evaluated_weights():
                 extras = self.method.save_result(tmp)
             result = {
                 "method": self.config.method, "base": self.config.base, "artifact": self.method.artifact,
@@ -430,6 +455,10 @@ class Trainer:
                 "class_noun": self.subject.class_noun, "steps": self.step, "family": self.family.name, **extras,
                 **self.validator.summary(),
             }
+            if self.ema is not None:  # the other set of weights, as a finished run of its own
+                from trainers.weights_view import write_other_weights
+
+                result["other_weights"] = write_other_weights(self, result)
             write_json(self.run_dir / RESULT_FILE, result)
             self.events.emit("finished", step=self.step, artifact=self.method.artifact)
         self.accelerator.wait_for_everyone()

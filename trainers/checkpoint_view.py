@@ -17,6 +17,7 @@ from typing import Any
 from studio.atomic import atomic_dir, write_json
 from studio.errors import StudioError
 from studio.validation.history import BEST, BEST_KEY, FINAL, RESULT_FILE, step_dir_name
+from trainers.weights_view import WEIGHT_CHOICES, WEIGHTS_KEY, weights_dir_name
 
 VIEW_DIR = "run"
 CHECKPOINT_KEY = "checkpoint_of"  # in a view's result.json: {"run", "step"}
@@ -29,12 +30,12 @@ def parse_choice(value: str | int | None) -> str | int:
     if isinstance(value, int):
         return value
     text = str(value).strip().lower()
-    if text in (BEST, FINAL):
+    if text in (BEST, FINAL, *WEIGHT_CHOICES):
         return text
     digits = text.removeprefix("step-")
     if digits.isdigit():
         return int(digits)
-    raise StudioError(f"--checkpoint must be best, final or a step number (e.g. 400), not '{value}'.")
+    raise StudioError(f"--checkpoint must be best, final, a step number (e.g. 400), or with EMA ema or raw, not '{value}'.")
 
 
 def chosen_step(run_dir: Path, choice: str | int) -> int | None:
@@ -60,7 +61,10 @@ def _result(run_dir: Path) -> dict[str, Any]:
 def checkpoint_run(run_dir: str | Path, choice: str | int | None = BEST) -> Path:
     """The run directory that holds the chosen weights (``RUN`` itself for the final result)."""
     run_dir = Path(run_dir).expanduser().resolve()
-    step = chosen_step(run_dir, parse_choice(choice))
+    choice = parse_choice(choice)
+    if choice in WEIGHT_CHOICES:
+        return _weights_run(run_dir, str(choice))
+    step = chosen_step(run_dir, choice)
     if step is None:
         return run_dir
     checkpoint = run_dir / "checkpoints" / step_dir_name(step)
@@ -72,6 +76,18 @@ def checkpoint_run(run_dir: str | Path, choice: str | int | None = BEST) -> Path
         raise StudioError(f"{run_dir} has no checkpoint at step {step} (kept: {', '.join(kept) or 'none'}); "
                           "choose one of those, best or final.")
     _write_view(run_dir, checkpoint, view, step)
+    return view
+
+
+def _weights_run(run_dir: Path, kind: str) -> Path:
+    """With EMA on: the run itself when its result holds ``kind`` weights, else its other-weights view."""
+    result = _result(run_dir)
+    if result.get(WEIGHTS_KEY) == kind:
+        return run_dir
+    view = run_dir / weights_dir_name(kind)
+    if not (view / RESULT_FILE).is_file():
+        raise StudioError(f"{run_dir} has no {kind} weights: they exist only for runs trained with EMA "
+                          "(ema_decay above 0). Choose best, final or a step.")
     return view
 
 
@@ -87,7 +103,10 @@ def _write_view(run_dir: Path, checkpoint: Path, view: Path, step: int) -> None:
     subject = load_subject(run_dir / "subject")
     method = trainers.METHODS[config.method](config, load_configured_base(config), subject)
     method.setup()
-    method.load_trainable_state(load_checkpoint(checkpoint).trainable)
+    state = load_checkpoint(checkpoint)
+    use_ema = state.ema is not None and config.ema_weights == "ema"  # a checkpoint shows what the result shows
+    method.load_trainable_state({k.removeprefix("ema."): v for k, v in state.ema.items() if k != "ema.updates"}
+                                if use_ema else state.trainable)
     with atomic_dir(view, replace=True) as tmp:
         shutil.copy2(run_dir / "config.yaml", tmp / "config.yaml")
         shutil.copytree(run_dir / "subject", tmp / "subject")

@@ -20,6 +20,8 @@ from studio.atomic import atomic_dir, save_safetensors, write_json
 from studio.run_layout import CHECKPOINTS_DIR  # noqa: F401
 from studio.statedict import load_state, save_state
 
+EMA_FILE = "ema.safetensors"
+
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS_DIR
@@ -42,6 +44,7 @@ class TrainingState:
     generator: torch.Tensor
     torch_rng: torch.Tensor
     cuda_rng: list[torch.Tensor] | None = None
+    ema: dict[str, torch.Tensor] | None = None  # the EMA of the trainable weights (trainers/ema.py), when kept
 
 
 def save_checkpoint(run_dir: Path, state: TrainingState, keep: int, protect: Collection[str] = ()) -> Path:
@@ -50,6 +53,8 @@ def save_checkpoint(run_dir: Path, state: TrainingState, keep: int, protect: Col
     target = Path(run_dir) / CHECKPOINTS_DIR / f"step-{state.step:06d}"
     with atomic_dir(target, replace=True) as tmp:
         save_safetensors(state.trainable, tmp / "trainable.safetensors")
+        if state.ema is not None:
+            save_safetensors(state.ema, tmp / EMA_FILE)
         save_state(state.optimizer, tmp, "optimizer")
         save_state(
             {"generator": state.generator, "torch": state.torch_rng, "cuda": state.cuda_rng or []}, tmp, "rng"
@@ -80,13 +85,14 @@ def load_checkpoint(directory: Path) -> TrainingState:
     rng = _read(directory / "rng.safetensors", lambda: load_state(directory, "rng"))
     trainable = _read(directory / "trainable.safetensors", lambda: load_file(str(directory / "trainable.safetensors")))
     optimizer = _read(directory / "optimizer.safetensors", lambda: load_state(directory, "optimizer"))
+    ema = _read(directory / EMA_FILE, lambda: load_file(str(directory / EMA_FILE))) if (directory / EMA_FILE).exists() else None
     try:
         step = int(trainer["step"])
         if directory.name != f"step-{step:06d}":
             raise ValueError(f"it records step {step}")
         return TrainingState(
             step=step, trainable=trainable, optimizer=optimizer, lr_scheduler=trainer["lr_scheduler"],
-            generator=rng["generator"], torch_rng=rng["torch"], cuda_rng=rng["cuda"] or None,
+            generator=rng["generator"], torch_rng=rng["torch"], cuda_rng=rng["cuda"] or None, ema=ema,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptCheckpointError(f"trainer.json: {type(error).__name__}: {error}") from error

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from studio.methods import adapter_type_spec
+from trainers.adapter_types import adapter_config
 from trainers.method import Method
 
 
@@ -16,15 +18,8 @@ class LoRAMethod(Method):
     reduced_frozen_params_ok = True
 
     def _lora_config(self, targets: list[str]):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.config.lora_rank,
-            lora_alpha=self.config.lora_alpha,
-            lora_dropout=self.config.lora_dropout,
-            target_modules=targets,
-            init_lora_weights="gaussian",
-        )
+        """peft's config for the run's adapter type (LoRA, DoRA, LoKr, LoHa): trainers/adapter_types.py."""
+        return adapter_config(self.config, targets)
 
     def setup(self) -> None:
         for module in self.components.values():
@@ -51,16 +46,23 @@ class LoRAMethod(Method):
         return modules
 
     def adapter_metadata(self, targets: list[str]) -> dict[str, Any]:
-        return {"r": self.config.lora_rank, "lora_alpha": self.config.lora_alpha, "target_modules": targets}
+        dora = {"use_dora": True} if adapter_type_spec(self.config.adapter_type).name == "dora" else {}
+        return {"r": self.config.lora_rank, "lora_alpha": self.config.lora_alpha, "target_modules": targets} | dora
 
     def save_result(self, directory: Path) -> dict[str, Any]:
         from studio.lora_files import save_diffusers_lora
+        from studio.peft_files import save_peft_adapters
 
+        kind = adapter_type_spec(self.config.adapter_type)
+        extras = {"adapter_type": kind.name, "lora_rank": self.config.lora_rank, "lora_alpha": self.config.lora_alpha,
+                  "text_encoder_trained": self.config.train_text_encoder}
+        if kind.run_layout == "peft":  # LoKr, LoHa: peft's own folders (diffusers' LoRA files cannot hold them)
+            names = (self.family.denoiser_name, *self.text_encoder_names)
+            return {"files": save_peft_adapters(self.components, names, directory, self.config.base)} | extras
         files = save_diffusers_lora(
             self.components, self.family, directory,
             unet_metadata=self.adapter_metadata(self.config.lora_target_modules),
             text_encoder_metadata=self.adapter_metadata(self.config.lora_text_encoder_target_modules)
             if self.config.train_text_encoder else None,
         )
-        return {"files": files, "lora_rank": self.config.lora_rank, "lora_alpha": self.config.lora_alpha,
-                "text_encoder_trained": self.config.train_text_encoder}
+        return {"files": files} | extras
