@@ -33,13 +33,20 @@ def _checks(result) -> dict[str, str]:
     return {entry["path"]: entry["check"] for entry in result.files}
 
 
-def test_lora_exports_diffusers_and_peft_and_refuses_kohya(family, sample_subject, tmp_path_factory):
+def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_path_factory):
     run = _train(family, "lora", sample_subject, tmp_path_factory, train_text_encoder=True, learning_rate=1e-2)
-    with pytest.raises(StudioError, match="kohya"):
-        export_run(run, "kohya", run / "exports" / "kohya")
+    if family == "sd3":  # SAI's fused layout is not written yet: refused by name, and "all" leaves it out
+        with pytest.raises(StudioError, match="kohya"):
+            export_run(run, "kohya", run / "exports" / "kohya")
     result = export_run(run, "all")
-    assert result.formats == ["diffusers", "peft"]
+    assert result.formats == (["diffusers", "kohya", "peft"] if family == "flux" else ["diffusers", "peft"])
     checks = _checks(result)
+    if family == "flux":  # BFL's names, qkv fused; CLIP-L under lora_te1_
+        kohya = load_file(str(result.out_dir / "sks-toy-lora.safetensors"))
+        assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in kohya
+        assert "lora_unet_single_blocks_0_linear1.lora_up.weight" in kohya
+        assert any(k.startswith("lora_te1_text_model_encoder_layers_0_") for k in kohya)
+        assert "read back equal" in checks["sks-toy-lora.safetensors"]
     assert "max pixel diff 0.0e+00" in checks["pytorch_lora_weights.safetensors"]
     keys = load_file(str(result.out_dir / "pytorch_lora_weights.safetensors"))
     assert {k.split(".")[0] for k in keys} == {"transformer", *(("text_encoder",) if family == "flux" else

@@ -30,6 +30,8 @@ def kohya_name(component: str, path: str, family, unet_config: Any = None) -> st
 
 
 def kohya_state_dict(weights: LoraWeights, family, unet_config: Any = None) -> dict[str, torch.Tensor]:
+    if family.fused_kohya_layout:  # Flux: BFL's names with fused projections (the family writes them)
+        return family.kohya_state(weights.modules, unet_config)
     state: dict[str, torch.Tensor] = {}
     for module in weights.modules:
         name = kohya_name(module.component, module.path, family, unet_config)
@@ -48,7 +50,7 @@ def kohya_metadata(weights: LoraWeights, family, info: dict[str, Any]) -> dict[s
     resolution = int(info.get("resolution") or family.default_resolution)
     has_conv = any(m.down.ndim == 4 and m.down.shape[-1] > 1 for m in weights.modules)
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": family.kohya_network_module,
         "ss_network_dim": str(max(ranks)),
         "ss_network_alpha": _number(alphas[-1]),
         "ss_base_model_version": family.kohya_base_model_version,

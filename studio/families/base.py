@@ -81,6 +81,8 @@ class ModelFamily(ABC):
     hub_tags: tuple[str, ...] = ("stable-diffusion",)  # the Hub's model-family tags for a model card
     supports_single_file: bool = False  # can a full model be written in the original single-file layout?
     supports_kohya_lora: bool = True  # does this family name its LoRA modules for kohya/webui files?
+    fused_kohya_layout: bool = False  # do kohya files fuse several modules into one (kohya_state/read_kohya_state)?
+    kohya_network_module: str = "networks.lora"  # sd-scripts' network module, recorded in ss_network_module
     kohya_base_model_version: str
     modelspec_architecture: str
     # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).

@@ -41,7 +41,8 @@ class FluxFamily(ModelFamily):
     modelspec_architecture = "flux-1-dev/lora"
     # kohya sd-scripts' Flux LoRA names (networks/lora_flux.py): the transformer under ``lora_unet_`` in
     # BFL's block names, CLIP-L under ``lora_te1_``; T5 LoRAs (``lora_te3_``) are not trained here.
-    supports_kohya_lora = False  # not written yet: BFL/SAI block names with fused qkv (see docs/flow.md)
+    fused_kohya_layout = True  # BFL's names, qkv and linear1 fused (studio.families.flux_names)
+    kohya_network_module = "networks.lora_flux"
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
 
     @classmethod
@@ -122,6 +123,18 @@ class FluxFamily(ModelFamily):
             return_dict=False,
         )[0]
         return self.unpack(packed, height, width)
+
+    def kohya_state(self, modules: list, denoiser_config: Any) -> dict[str, torch.Tensor]:
+        """kohya/ComfyUI tensors of LoRA ``modules`` in BFL's layout."""
+        from studio.families.flux_names import kohya_flux_state
+
+        return kohya_flux_state(modules, denoiser_config, self.kohya_lora_name)
+
+    def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
+        """The transformer's per-module weight updates a kohya Flux file holds (diffusers paths)."""
+        from studio.families.flux_names import read_kohya_flux_state
+
+        return read_kohya_flux_state(state, denoiser_config)
 
     def pipeline_classes(self) -> tuple[type, type]:
         from diffusers import FluxImg2ImgPipeline, FluxPipeline
