@@ -65,4 +65,8 @@ class LoRAMethod(Method):
             text_encoder_metadata=self.adapter_metadata(self.config.lora_text_encoder_target_modules)
             if self.config.train_text_encoder else None,
         )
+        if kind.name == "dora":
+            from studio.export.lycoris import rewrite_diffusers_dora
+
+            rewrite_diffusers_dora(directory / files[0], self.family)
         return {"files": files} | extras

@@ -19,10 +19,19 @@ from studio.errors import StudioError, disk_full_error, is_disk_full
 from studio.export.context import ExportContext, render_spec, replace_word
 from studio.export.full_model import export_dreambooth_run
 from studio.export.lora_export import export_lora_run
+from studio.export.lycoris_export import export_lycoris_run
 from studio.export.model_card import read_eval_scores, render_card
 from studio.export.ti_export import export_ti_run
 from studio.export.verify import IMAGE_TOLERANCE
-from studio.methods import EMBEDDING, LORA, METHOD_SPECS, MODEL, method_spec
+from studio.methods import (
+    EMBEDDING,
+    LORA,
+    METHOD_SPECS,
+    MODEL,
+    adapter_type_spec,
+    export_formats_for,
+    method_spec,
+)
 from studio.quiet import quiet_loaders
 from studio.runlock import run_lock
 from studio.runs import load_run
@@ -53,10 +62,11 @@ def formats_for(method: str) -> tuple[str, ...]:
     return FORMATS_BY_METHOD[method]
 
 
-def parse_formats(method: str, formats: str | Iterable[str]) -> list[str]:
-    """Normalise ``"kohya,diffusers"`` / a list / ``"all"`` to this method's canonical format names."""
+def parse_formats(method: str, formats: str | Iterable[str], adapter_type: str | None = None) -> list[str]:
+    """Normalise ``"kohya,diffusers"`` / a list / ``"all"`` to this method's canonical format names
+    (a LoRA run's adapter type may narrow them: LoKr and LoHa have no diffusers file)."""
     items = formats.split(",") if isinstance(formats, str) else list(formats)
-    allowed = method_spec(method).export_formats
+    allowed = export_formats_for(method, adapter_type)
     chosen: list[str] = []
     for raw in items:
         name = raw.strip().lower()
@@ -121,7 +131,7 @@ def export_run(
     run = load_run(run_dir)
     result = run.require_finished()
     method = result["method"]
-    chosen = parse_formats(method, formats)
+    chosen = parse_formats(method, formats, result.get("adapter_type"))
     if rank < 1:
         raise StudioError(f"--rank must be at least 1 (got {rank}).")
     family = str(result.get("family", "sd1"))
@@ -161,7 +171,9 @@ def _write_export(run, out: Path, chosen: list[str], force: bool, rank: int, lic
                             progress=track("writing and verifying", len(chosen), "format"))
         log(f"Exporting {run.directory.name} ({method}) as {', '.join(chosen)}; verifying each file by reloading it")
         produces = method_spec(method).produces
-        if produces == LORA:
+        if produces == LORA and adapter_type_spec(run.require_finished().get("adapter_type")).name != "lora":
+            export_lycoris_run(ctx, chosen)  # DoRA, LoKr, LoHa
+        elif produces == LORA:
             export_lora_run(ctx, chosen)
         elif produces == EMBEDDING:
             export_ti_run(ctx, chosen)
