@@ -68,6 +68,16 @@ def test_textual_inversion_exports_both_layouts(family, sample_subject, tmp_path
         assert "T5" in (result.out_dir / "README.md").read_text()
 
 
+def test_evaluation_scores_a_run(family, sample_subject, tmp_path_factory):
+    from studio.cli import main as cli
+
+    run = _train(family, "lora", sample_subject, tmp_path_factory, learning_rate=1e-2)
+    assert cli(["eval", str(run), "--max-prompts", "1", "--images-per-prompt", "1", "--class-images", "1",
+                "--clip", "tiny-clip", "--dino", "tiny-dino", "--steps", "2"]) == 0
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["scores"]["clip_t"] is not None and report["base_scores"]["dino"] is not None
+
+
 def test_dreambooth_exports_a_folder_whose_t5_reloads_unchanged(family, sample_subject, tmp_path_factory):
     run = _train(family, "dreambooth", sample_subject, tmp_path_factory, learning_rate=1e-3)
     with pytest.raises(StudioError, match="Single-file"):
