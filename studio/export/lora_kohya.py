@@ -54,7 +54,7 @@ def kohya_metadata(weights: LoraWeights, family, info: dict[str, Any]) -> dict[s
         "ss_network_dim": str(max(ranks)),
         "ss_network_alpha": _number(alphas[-1]),
         "ss_base_model_version": family.kohya_base_model_version,
-        "ss_v2": str(family.name == "sd2"),
+        "ss_v2": str(family.kohya_v2),
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_output_name": str(info.get("title", "lora")),
         "ss_training_comment": str(info.get("comment", "exported by Studio")),

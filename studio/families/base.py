@@ -83,6 +83,7 @@ class ModelFamily(ABC):
     supports_kohya_lora: bool = True  # does this family name its LoRA modules for kohya/webui files?
     fused_kohya_layout: bool = False  # do kohya files fuse several modules into one (kohya_state/read_kohya_state)?
     kohya_network_module: str = "networks.lora"  # sd-scripts' network module, recorded in ss_network_module
+    kohya_v2: bool = False  # sd-scripts' ss_v2 flag (SD2.x's OpenCLIP text encoder and v-prediction)
     kohya_base_model_version: str
     modelspec_architecture: str
     # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).

@@ -67,6 +67,7 @@ class StableDiffusion2Family(StableDiffusionFamily):
     kohya_base_model_version = "sd_v2"
     modelspec_architecture = "stable-diffusion-v2/lora"
     supports_single_file = False  # its OpenCLIP text encoder uses another layout
+    kohya_v2 = True
 
     def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
         return ModelFamily.single_file_state(self, pipe)
