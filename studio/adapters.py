@@ -201,11 +201,12 @@ def _load_embedding(pipe, source: AdapterSource, token: str | None) -> list[str]
         count = next(iter(load_file(str(files[0])).values())).shape[0]
     elif source.format == "a1111-sdxl":
         state = load_file(str(source.path))
-        for key, encoder in zip(SDXL_KEYS, ("text_encoder", "text_encoder_2"), strict=True):
-            pipe.load_textual_inversion(
-                state[key], token=token, text_encoder=getattr(pipe, encoder),
-                tokenizer=getattr(pipe, encoder.replace("text_encoder", "tokenizer")),
-            )
+        for key, encoder in zip(SDXL_KEYS, ("text_encoder", "text_encoder_2"), strict=True):  # SDXL's and SD3's CLIPs
+            tokenizer = getattr(pipe, encoder.replace("text_encoder", "tokenizer"))
+            if hasattr(pipe, "load_textual_inversion"):
+                pipe.load_textual_inversion(state[key], token=token, text_encoder=getattr(pipe, encoder), tokenizer=tokenizer)
+            else:  # SD3: no textual-inversion loader
+                add_token_rows(tokenizer, getattr(pipe, encoder), token, state[key])
         count = state[SDXL_KEYS[0]].shape[0]
     else:
         pipe.load_textual_inversion(str(source.path), token=token)

@@ -66,6 +66,14 @@ def test_textual_inversion_exports_both_layouts(family, sample_subject, tmp_path
     assert set(a1111) == ({"emb_params"} if family == "flux" else {"clip_l", "clip_g"})
     if family == "flux":  # T5 reads the typed word: the card says to type the trained token
         assert "T5" in (result.out_dir / "README.md").read_text()
+    from studio.adapters import load_adapter, resolve_adapter
+    from studio.models import load_base
+
+    pipe = load_base(BASES[family]).pipeline  # the A1111 file through the playground's loader
+    assert load_adapter(pipe, resolve_adapter(result.out_dir / "sks.safetensors"), "ti", token="<sks>") == ["<sks>"]
+    row = pipe.tokenizer.convert_tokens_to_ids("<sks>")
+    first = a1111.get("emb_params", a1111.get("clip_l"))
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[row].float(), first.reshape(-1).float())
 
 
 def test_evaluation_scores_a_run(family, sample_subject, tmp_path_factory):
