@@ -20,6 +20,7 @@ from studio.atomic import atomic_dir, remove_stale_temporaries, write_json
 from studio.errors import ConfigError, StudioError
 from studio.images import image_size
 from studio.interrupts import sigterm_as_interrupt
+from studio.methods import method_spec
 from studio.models.vae import decode_in_fp32
 from studio.run_layout import CANCEL_FILE, RESULT_FILE, SUBJECT_DIR, read_run_config
 from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, benchmarks)
@@ -80,7 +81,12 @@ class Trainer:
         self.subject = load_subject(self.run_dir / SUBJECT_DIR)
         if not self.subject.image_paths:
             raise ConfigError(f"The subject in {self.run_dir / SUBJECT_DIR} has no images; prepare it again with `studio prepare`.")
-        self.base = self.given_base if self.given_base is not None else load_configured_base(config)
+        if self.given_base is not None:
+            self.base = self.given_base
+        else:
+            dtypes = placement.load_dtypes(config, frozen_denoiser=method_spec(config.method).is_adapter,
+                                           cuda=self.device.type == "cuda")
+            self.base = load_configured_base(config, torch_dtype=dtypes)
         self.family = self.base.family
         self.objective = self.family.objective(self.base.pipeline.scheduler.config)
         self.method = self.method_class(config, self.base, self.subject)

@@ -26,6 +26,19 @@ def frozen_dtype(config: TrainConfig) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
 
 
+def load_dtypes(config: TrainConfig, *, frozen_denoiser: bool, cuda: bool) -> dict | None:
+    """Per-component dtypes to load a base in, so a large frozen denoiser and its text encoders never sit
+    in host memory in fp32 (Flux.1-dev's transformer is 48 GB in fp32, 24 GB in bf16): the denoiser and
+    text encoders in the frozen dtype, everything else (the VAE) in fp32. Only for methods whose
+    denoiser stays frozen, and on a GPU (class images are generated under autocast there); None keeps
+    the loader's fp32, which :func:`set_dtypes_and_modes` casts afterwards as before."""
+    dtype = frozen_dtype(config)
+    if not (frozen_denoiser and cuda) or dtype == torch.float32:
+        return None
+    reduced = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+    return {name: dtype for name in reduced} | {"default": torch.float32}
+
+
 def set_dtypes_and_modes(components: dict, trainable: dict, *, dtype: torch.dtype, reduced_frozen_params_ok: bool) -> None:
     """Cast each module to the precision it trains in (where it lies) and set train/eval modes.
 

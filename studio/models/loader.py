@@ -198,11 +198,14 @@ def load_base(
     )
 
 
-def load_configured_base(config) -> BaseModel:
+def load_configured_base(config, *, torch_dtype=None) -> BaseModel:
     """The base a training configuration names, as its run uses it: with its ``vae`` override and,
-    for a single-file base, its ``base_config`` folder."""
+    for a single-file base, its ``base_config`` folder. ``torch_dtype``: a dtype, or per component
+    (diffusers' dict form, ``"default"`` for the rest), for diffusers folders, built-ins and hub ids."""
     try:
-        return load_base(config.base, vae=config.vae, single_file_config=config.base_config,
+        if describe_ref_kind(config.base) == "single_file":
+            torch_dtype = None  # from_single_file takes one dtype for every component
+        return load_base(config.base, vae=config.vae, single_file_config=config.base_config, torch_dtype=torch_dtype,
                          allow_pickle=bool(getattr(config, "allow_pickle", False)))
     except PickleRefusedError as error:
         # A run's models come from its settings, so the opt-in is the setting, not a command's flag.
