@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from studio.processes import process_alive
+
 THREADS_ENV = "STUDIO_THREADS"
 REBALANCE_EVERY_S = 5.0
 _state = {"registered": False, "last_check": 0.0, "threads": None}
@@ -37,23 +39,13 @@ def registry_dir() -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def active_processes() -> int:
     """Live registered Studio processes (stale entries of dead ones are removed)."""
     count = 0
     for entry in registry_dir().iterdir():
         if not entry.name.isdigit():
             continue
-        if _alive(int(entry.name)):
+        if process_alive(int(entry.name)):
             count += 1
         else:
             entry.unlink(missing_ok=True)

@@ -8,9 +8,23 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from studio import threads
+
+
+@pytest.fixture(autouse=True)
+def unregistered():
+    """Start as a process that holds no share (an in-process CLI test may have claimed one), and restore."""
+    entry = threads.registry_dir() / str(os.getpid())
+    held, saved = entry.exists(), dict(threads._state)
+    entry.unlink(missing_ok=True)
+    threads._state.update(registered=False, last_check=0.0, threads=None)
+    yield
+    threads._state.update(saved)
+    if held:
+        entry.touch()
 
 
 def test_fair_share_splits_the_cores():

@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib import metadata
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 # The packages ``studio doctor`` reports, in the order a reader looks for them.
@@ -30,41 +29,32 @@ def release(version: Version) -> Version:
     return Version(version.public)
 
 
-def studio_requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
-    """Studio's own requirements as installed (pyproject's ranges), for the given extras."""
+def declared_requirements(name: str, extras: tuple[str, ...] = ()) -> list[Requirement]:
+    """An installed distribution's requirements that apply here, with the given extras ([] if absent)."""
     try:
-        texts = metadata.requires(DIST_NAME) or []
+        texts = metadata.requires(name) or []
     except metadata.PackageNotFoundError:
         return []
     requirements = []
     for text in texts:
         requirement = Requirement(text)
-        if requirement.marker is None:
-            requirements.append(requirement)
-        elif any(requirement.marker.evaluate({"extra": extra}) for extra in extras):
-            requirements.append(requirement)
-        elif not extras and requirement.marker.evaluate({"extra": ""}):
+        if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in ("", *extras)):
             requirements.append(requirement)
     return requirements
+
+
+def studio_requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
+    """Studio's own requirements as installed (pyproject's ranges), for the given extras."""
+    return declared_requirements(DIST_NAME, extras)
 
 
 def unmet_requirements_of(name: str) -> list[tuple[Requirement, Version | None]]:
     """The requirements of an installed package that the environment does not meet (a narrow ``pip
     check``): a dependency missing or at a version outside the package's declared range."""
-    try:
-        texts = metadata.requires(name) or []
-    except metadata.PackageNotFoundError:
-        return []
     unmet = []
-    for text in texts:
-        requirement = Requirement(text)
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
+    for requirement in declared_requirements(name):
         version = installed_version(requirement.name)
         if version is None or not requirement.specifier.contains(release(version), prereleases=True):
             unmet.append((requirement, version))
     return unmet
 
-
-def canonical(name: str) -> str:
-    return canonicalize_name(name)

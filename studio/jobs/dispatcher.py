@@ -21,6 +21,7 @@ from studio.jobs.db import CANCELLED, FAILED, INTERRUPTED, RUNNING, Job
 from studio.jobs.progress import log_path, tail
 from studio.jobs.service import CANCEL_FILE
 from studio.jobs.workspace import Workspace
+from studio.processes import process_alive
 
 LOG = logging.getLogger(__name__)
 CANCEL_GRACE_S = 5.0
@@ -30,14 +31,8 @@ WORKER_MODULE = "studio.jobs.worker"
 
 def pid_alive(pid: int | None, job_id: int | None = None) -> bool:
     """Whether ``pid`` is a live (not zombie) process, and our worker for ``job_id`` where /proc can tell."""
-    if not pid:
+    if not process_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     proc = Path(f"/proc/{pid}")
     if not proc.exists():
         return True  # no /proc (macOS): trust kill(0)
