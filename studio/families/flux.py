@@ -114,7 +114,7 @@ class FluxFamily(ModelFamily):
         guidance = torch.full((batch,), TRAINING_GUIDANCE, device=device, dtype=torch.float32) if config.guidance_embeds else None
         packed = denoiser(
             hidden_states=self.pack(noisy),
-            timestep=timesteps.to(dtype) / 1000.0,
+            timestep=timesteps.float() / 1000.0,  # fp32, as diffusers' Flux scripts pass it
             guidance=guidance,
             pooled_projections=embedding.pooled,
             encoder_hidden_states=embedding.hidden,

@@ -100,7 +100,8 @@ class StableDiffusion3Family(ModelFamily):
                                torch.cat([p.to(device) for p in pooled], dim=-1))
 
     def predict(self, denoiser, noisy, timesteps, embedding: PromptEmbedding, resolution: int) -> torch.Tensor:
-        return denoiser(hidden_states=noisy, timestep=timesteps.to(noisy.dtype), encoder_hidden_states=embedding.hidden,
+        # timesteps stay fp32: in bf16, 997 would become 996 before the sinusoidal embedding
+        return denoiser(hidden_states=noisy, timestep=timesteps.float(), encoder_hidden_states=embedding.hidden,
                         pooled_projections=embedding.pooled, return_dict=False)[0]
 
     def pipeline_classes(self) -> tuple[type, type]:
