@@ -21,7 +21,14 @@ RESOLUTION = 512
 
 def flux_pipeline(tokenizers_from: Path):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+        T5Tokenizer,
+    )
 
     from benchmarks.flow_arch import FLUX_DEV
     from studio.models.tiny_flux import FLUX_DEV_SCHEDULER
@@ -42,8 +49,20 @@ def flux_pipeline(tokenizers_from: Path):
 
 
 def sd3_pipeline(tokenizers_from: Path):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+        T5Tokenizer,
+    )
 
     from benchmarks.flow_arch import SD35_MEDIUM
 
@@ -70,7 +89,7 @@ def sd3_pipeline(tokenizers_from: Path):
 def run(name: str, build, builtin: str, method: str, subject: Path, out: Path) -> dict:
     import trainers
     from studio.config import load_config
-    from studio.models import BaseModel, builtin_path
+    from studio.models import builtin_path
     from trainers import METHODS
     from trainers.base import Trainer, prepare_run_dir
 
