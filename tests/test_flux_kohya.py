@@ -58,3 +58,26 @@ def test_diffusers_reads_the_layout_back_exactly():
     assert te, "diffusers found no CLIP-L LoRA in the file"
     own = read_kohya_flux_state(state, model.config)  # Studio's reader, used to verify exports of any width
     assert own.keys() == expected.keys() and all(torch.allclose(own[p], expected[p], atol=1e-5) for p in expected)
+
+
+def test_full_transformer_in_bfl_layout_reads_back_through_diffusers():
+    """Studio's diffusers -> BFL conversion, read back by diffusers' own single-file converter. That
+    converter splits a single block's linear1 at FLUX.1's widths (3072 ×3 + 12288 rows) whatever the
+    model, so those members get FLUX.1's rows here and every other tensor the tiny model's shape."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from studio.families.flux_names import bfl_transformer_state
+    from studio.models.tiny_flux import tiny_flux_transformer
+
+    state = tiny_flux_transformer().state_dict()
+    generator = torch.Generator().manual_seed(0)
+    for key in list(state):
+        if key.startswith("single_transformer_blocks.") and (".attn.to_" in key or ".proj_mlp." in key):
+            rows = 12288 if ".proj_mlp." in key else 3072
+            state[key] = torch.randn((rows, *state[key].shape[1:]), generator=generator)
+    bfl = bfl_transformer_state(state)
+    assert "double_blocks.0.img_attn.qkv.weight" in bfl and "single_blocks.0.linear1.bias" in bfl
+    assert "double_blocks.0.img_attn.norm.query_norm.scale" in bfl and "final_layer.adaLN_modulation.1.weight" in bfl
+    back = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[key], state[key]) for key in state)

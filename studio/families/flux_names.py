@@ -154,3 +154,44 @@ def read_kohya_flux_state(state: dict[str, torch.Tensor], config: Any) -> dict[s
                 deltas[path] = part
             row += size
     return deltas
+
+
+# QK norms: diffusers module (inside a block) -> BFL parameter (inside the block)
+DOUBLE_NORMS = {"attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
+                "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm"}
+SINGLE_NORMS = {"attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm"}
+
+
+def _norm_name(module: str) -> str | None:
+    for prefix, norms, bfl in ((DOUBLE_PREFIX, DOUBLE_NORMS, "double_blocks."), (SINGLE_PREFIX, SINGLE_NORMS, "single_blocks.")):
+        if module.startswith(prefix):
+            index, _, rest = module[len(prefix):].partition(".")
+            if rest in norms:
+                return f"{bfl}{index}.{norms[rest]}.scale"
+    return None
+
+
+def bfl_transformer_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers ``FluxTransformer2DModel`` state dict in Black Forest Labs' original layout (what
+    ``flux1-dev.safetensors`` holds and ComfyUI's *Load Diffusion Model* reads): fused qkv and linear1,
+    QK norms as ``…norm.query_norm.scale``, the final modulation's (scale, shift) as BFL's (shift, scale)."""
+    fused: dict[tuple[Group, str], dict[int, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        norm = _norm_name(module)
+        if norm is not None:
+            out[norm] = value
+            continue
+        group, slot = group_of(module)
+        fused.setdefault((group, leaf), {})[slot] = value
+    for (group, leaf), parts in fused.items():
+        if len(parts) != len(group.members):
+            from studio.errors import StudioError
+
+            raise StudioError(f"{group.name}.{leaf}: the transformer lacks some of {group.members}.")
+        value = torch.cat([parts[i] for i in range(len(group.members))])
+        if group.members[0] in SWAPPED:
+            value = torch.cat(value.chunk(2, dim=0)[::-1])
+        out[f"{group.name}.{leaf}"] = value.contiguous()
+    return out
