@@ -19,8 +19,18 @@ import torch
 RESOLUTION = 512
 
 
+def vae_16_channels(scaling: float, shift: float):
+    """The 16-channel VAE layout Flux.1 and SD3.5 share (random weights)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         layers_per_block=2, scaling_factor=scaling, shift_factor=shift, use_quant_conv=False,
+                         use_post_quant_conv=False)
+
+
 def flux_pipeline(tokenizers_from: Path):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
@@ -39,10 +49,7 @@ def flux_pipeline(tokenizers_from: Path):
     tokenizer_2 = T5Tokenizer.from_pretrained(str(tokenizers_from / "tokenizer_2"))
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64,
                                  feed_forward_proj="gated-gelu", is_encoder_decoder=False))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=2, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-                        use_post_quant_conv=False)
+    vae = vae_16_channels(0.3611, 0.1159)
     return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_DEV_SCHEDULER), vae=vae, text_encoder=clip,
                         tokenizer=CLIPTokenizer.from_pretrained(str(tokenizers_from / "tokenizer")), text_encoder_2=t5,
                         tokenizer_2=tokenizer_2, transformer=transformer)
@@ -50,7 +57,6 @@ def flux_pipeline(tokenizers_from: Path):
 
 def sd3_pipeline(tokenizers_from: Path):
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -75,10 +81,7 @@ def sd3_pipeline(tokenizers_from: Path):
     tokenizer_3 = T5Tokenizer.from_pretrained(str(tokenizers_from / "tokenizer_3"))
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64,
                                  feed_forward_proj="gated-gelu", is_encoder_decoder=False))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=2, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
-                        use_post_quant_conv=False)
+    vae = vae_16_channels(1.5305, 0.0609)
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler.from_config({"shift": 3.0}), vae=vae,
         text_encoder=clip_l, tokenizer=CLIPTokenizer.from_pretrained(str(tokenizers_from / "tokenizer")),

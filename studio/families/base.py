@@ -51,6 +51,11 @@ CLIP_ROOT = "text_model."
 CLIP_BESIDE_ROOT = ("text_projection",)
 
 
+def is_instance_named(component: Any, class_name: str) -> bool:
+    """Whether ``component`` is of the class named so (detection without importing every model class)."""
+    return component is not None and type(component).__name__ == class_name
+
+
 def clip_rooted_path(path: str) -> str:
     """A CLIP text-encoder module or parameter path with transformers 4's ``text_model.`` root."""
     if path.startswith(CLIP_ROOT) or path.split(".")[0] in CLIP_BESIDE_ROOT:

@@ -19,14 +19,10 @@ from typing import Any
 
 import torch
 
-from studio.families.base import ModelFamily, PromptEmbedding
+from studio.families.base import ModelFamily, PromptEmbedding, is_instance_named
 from studio.families.objective import FlowMatchingObjective, FlowSampling
 
 TRAINING_GUIDANCE = 3.5
-
-
-def _is(component: Any, class_name: str) -> bool:
-    return component is not None and type(component).__name__ == class_name
 
 
 class FluxFamily(ModelFamily):
@@ -47,7 +43,7 @@ class FluxFamily(ModelFamily):
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:
-        return _is(components.get("transformer"), "FluxTransformer2DModel")
+        return is_instance_named(components.get("transformer"), "FluxTransformer2DModel")
 
     @classmethod
     def detect_keys(cls, keys: list[str]) -> bool:

@@ -14,14 +14,10 @@ from typing import Any
 
 import torch
 
-from studio.families.base import ModelFamily, PromptEmbedding
+from studio.families.base import ModelFamily, PromptEmbedding, is_instance_named
 from studio.families.objective import FlowMatchingObjective, FlowSampling
 
 T5_SEQUENCE_LENGTH = 256  # the pipeline's default max_sequence_length
-
-
-def _is(component: Any, class_name: str) -> bool:
-    return component is not None and type(component).__name__ == class_name
 
 
 class StableDiffusion3Family(ModelFamily):
@@ -39,7 +35,7 @@ class StableDiffusion3Family(ModelFamily):
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:
-        return _is(components.get("transformer"), "SD3Transformer2DModel")
+        return is_instance_named(components.get("transformer"), "SD3Transformer2DModel")
 
     @classmethod
     def detect_keys(cls, keys: list[str]) -> bool:

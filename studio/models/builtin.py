@@ -32,6 +32,15 @@ class BuiltinModel:
     expectations: str = ""  # what its images look like, for a person seeing them (empty: like real ones)
 
 
+def random_weights_note(name: str) -> str:
+    """The ``expectations`` of a built-in pipeline with random weights (what its images look like)."""
+    return (
+        f"Built-in {name}: a tiny model made for offline demos and tests, with random weights. Its images are "
+        "colour blobs, and that is expected: it shows that training, sampling and export work, not what a real "
+        "model learns. Train on a real base model (a Hub id, a local folder or a .safetensors file) for real images."
+    )
+
+
 _REGISTRY: dict[str, BuiltinModel] = {}
 # Modules that register built-ins when imported.
 _BUILDER_MODULES = ("studio.models.tiny_sd", "studio.models.tiny_sdxl", "studio.models.tiny_backbones",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from studio.models.builtin import BuiltinModel, register
+from studio.models.builtin import BuiltinModel, random_weights_note, register
 from studio.models.t5_vocab import write_t5_tokenizer
 from studio.models.tiny_sd import (
     CROSS_ATTENTION_GAIN,
@@ -89,7 +89,8 @@ def build_tiny_flux(directory: Path) -> None:
         text_encoder = CLIPTextModel(tiny_text_encoder_config(hidden_size=CLIP_DIM))
         torch.manual_seed(42)
         text_encoder_2 = tiny_t5_encoder(len(tokenizer_2))
-    vae = tiny_autoencoder(resolution=TINY_RESOLUTION, scaling_factor=TINY_VAE_SCALING)
+        torch.manual_seed(43)  # the VAE's unconstructed layers too: the same folder on every build
+        vae = tiny_autoencoder(resolution=TINY_RESOLUTION, scaling_factor=TINY_VAE_SCALING)
     vae.register_to_config(shift_factor=TINY_VAE_SHIFT)
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_DEV_SCHEDULER),
@@ -110,13 +111,9 @@ register(
         kind="pipeline",
         description="Flux.1-dev architecture (packed latents, CLIP-L + T5, guidance embedding, flow matching), "
         "tiny and randomly initialised (64 px): offline demos and tests.",
-        version="1",
+        version="2",
         build=build_tiny_flux,
         resolution=TINY_RESOLUTION,
-        expectations=(
-            "Built-in tiny-flux: a tiny model made for offline demos and tests, with random weights. Its images are "
-            "colour blobs, and that is expected: it shows that training, sampling and export work, not what a real "
-            "model learns. Train on a real base model (a Hub id, a local folder or a .safetensors file) for real images."
-        ),
+        expectations=random_weights_note("tiny-flux"),
     )
 )

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 
-from studio.models.builtin import BuiltinModel, register
+from studio.models.builtin import BuiltinModel, random_weights_note, register
 from studio.models.t5_vocab import write_t5_tokenizer
 from studio.models.tiny_flux import strengthen_context_attention, tiny_t5_encoder
 from studio.models.tiny_sd import TINY_RESOLUTION, TINY_VAE_SCALING, tiny_text_encoder_config
+from studio.models.tiny_sdxl import TEXT_ENCODER_2_DIM, tiny_clip_g_config
 from studio.models.tiny_vae import LATENT_CHANNELS, tiny_autoencoder
 from studio.models.tokenizer import write_clip_tokenizer
 
 CLIP_L_DIM = 32  # stands for 768
-CLIP_G_DIM = 64  # stands for 1280
+CLIP_G_DIM = TEXT_ENCODER_2_DIM  # stands for 1280 (tiny-sdxl's CLIP-G)
 T5_DIM = 128  # stands for 4096 (joint_attention_dim; wider than CLIP-L + CLIP-G as in SD3)
 TINY_VAE_SHIFT = 0.06  # SD3's VAE: 0.0609
 SD3_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
@@ -35,9 +36,7 @@ def tiny_sd3_text_encoders():
     from transformers import CLIPTextModelWithProjection
 
     first = CLIPTextModelWithProjection(tiny_text_encoder_config(hidden_size=CLIP_L_DIM, layers=2, projection_dim=CLIP_L_DIM))
-    config_2 = tiny_text_encoder_config(hidden_size=CLIP_G_DIM, layers=3, projection_dim=CLIP_G_DIM)
-    config_2.hidden_act = "gelu"
-    return first, CLIPTextModelWithProjection(config_2)
+    return first, CLIPTextModelWithProjection(tiny_clip_g_config())
 
 
 def tiny_sd3_transformer():
@@ -68,7 +67,8 @@ def build_tiny_sd3(directory: Path) -> None:
         text_encoder, text_encoder_2 = tiny_sd3_text_encoders()
         torch.manual_seed(62)
         text_encoder_3 = tiny_t5_encoder(len(tokenizer_3), d_model=T5_DIM)
-    vae = tiny_autoencoder(resolution=TINY_RESOLUTION, scaling_factor=TINY_VAE_SCALING)
+        torch.manual_seed(63)  # the VAE's unconstructed layers too: the same folder on every build
+        vae = tiny_autoencoder(resolution=TINY_RESOLUTION, scaling_factor=TINY_VAE_SCALING)
     vae.register_to_config(shift_factor=TINY_VAE_SHIFT)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
@@ -91,13 +91,9 @@ register(
         kind="pipeline",
         description="SD3.5 architecture (MMDiT, CLIP-L + CLIP-G + T5, flow matching), tiny and randomly "
         "initialised (64 px): offline demos and tests.",
-        version="1",
+        version="2",
         build=build_tiny_sd3,
         resolution=TINY_RESOLUTION,
-        expectations=(
-            "Built-in tiny-sd3: a tiny model made for offline demos and tests, with random weights. Its images are "
-            "colour blobs, and that is expected: it shows that training, sampling and export work, not what a real "
-            "model learns. Train on a real base model (a Hub id, a local folder or a .safetensors file) for real images."
-        ),
+        expectations=random_weights_note("tiny-sd3"),
     )
 )

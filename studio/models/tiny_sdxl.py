@@ -81,10 +81,14 @@ def tiny_sdxl_text_encoders():
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     first = CLIPTextModel(tiny_text_encoder_config(hidden_size=TEXT_ENCODER_DIM, layers=2))
-    config_2 = tiny_text_encoder_config(hidden_size=TEXT_ENCODER_2_DIM, layers=3, projection_dim=TEXT_ENCODER_2_DIM)
-    config_2.hidden_act = "gelu"
-    second = CLIPTextModelWithProjection(config_2)
-    return first, second
+    return first, CLIPTextModelWithProjection(tiny_clip_g_config())
+
+
+def tiny_clip_g_config():
+    """OpenCLIP bigG's stand-in: wider, one layer more (its penultimate state is read), GELU."""
+    config = tiny_text_encoder_config(hidden_size=TEXT_ENCODER_2_DIM, layers=3, projection_dim=TEXT_ENCODER_2_DIM)
+    config.hidden_act = "gelu"
+    return config
 
 
 def build_tiny_sdxl(directory: Path) -> None:
