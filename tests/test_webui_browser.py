@@ -54,7 +54,8 @@ def browser_page(ui):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         outside, errors = [], []
-        context.on("request", lambda r: None if r.url.startswith("http://127.0.0.1:") else outside.append(r.url))
+        local = ("http://127.0.0.1:", "blob:http://127.0.0.1:", "data:")  # blobs: the image editor's own canvas
+        context.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
         page = context.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -310,6 +311,39 @@ def test_messages_speak_the_browser_language(browser_page, ui):
     page.click("#subject-create")
     text = wait_text(page, "subject-status", r"already exists", 60)
     assert "--" not in text and "Subject name" in text
+
+
+def test_paint_a_subject_mask(browser_page, ui):
+    """Paint over a photo on the Subject tab: the mask is kept as NAME.mask.png and the photo trains masked."""
+    import numpy as np
+    from PIL import Image
+
+    page = browser_page
+    open_tab(page, "Subject")
+    if page.locator("#subject-preview .grid-wrap img").count() != 4:
+        page.set_input_files("#subject-files input[type=file]", SAMPLE_IMAGES)
+        page.wait_for_function("document.querySelectorAll('#subject-preview .grid-wrap img').length == 4", timeout=120_000)
+    page.locator("#subject-mask-painter").get_by_text("Paint a mask").first.click()
+    page.locator("#subject-mask-photo input[role=combobox]").click()
+    page.locator("#subject-mask-photo [role=option]").first.click()
+    page.wait_for_selector("#subject-mask-editor canvas", timeout=30_000)
+    page.wait_for_timeout(2_000)  # the photo settles on the canvas
+    page.locator("#subject-mask-editor button[aria-label=Brush]").click()
+    box = page.locator("#subject-mask-editor canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 30, y)
+    page.mouse.down()
+    for offset in range(0, 60, 4):
+        page.mouse.move(x - 30 + offset, y + offset / 3)
+    page.mouse.up()
+    page.click("#subject-mask-keep")
+    wait_text(page, "subject-mask-note", r"Mask kept", 60)
+    page.wait_for_function("[...document.querySelectorAll('#subject-preview .caption-label')]"
+                           ".some(e => e.textContent.includes('(masked)'))", timeout=60_000)
+    masks = list((ui.ws.root / "uploads" / "painted-masks").glob("*.mask.png"))
+    assert len(masks) == 1
+    painted = np.asarray(Image.open(masks[0])) > 127
+    assert 0 < painted.mean() < 0.5  # a stroke, not everything
 
 
 ACCESSIBILITY_JS = """() => {

@@ -18,6 +18,7 @@ from PIL import Image
 
 from studio.confine import confine, confine_refs
 from studio.errors import StudioError
+from webui.painting import editor_parts, painted_area, path_of
 
 GENERATED = "generated"
 IMAGE_PREFIXES = ("personalised-", "base-")  # the images a request made (the rest are copies of its inputs)
@@ -47,34 +48,16 @@ def _inside(path: Any, root: Path, what: str) -> Path:
     return confine(str(path), [root], what=what, fix="Upload the image instead.")
 
 
-def _painted(layers: list[Path]) -> np.ndarray | None:
-    """Where any layer has paint (non-transparent pixels), or None when nothing was painted."""
-    marked = None
-    for layer in layers:
-        with Image.open(layer) as image:
-            alpha = np.asarray(image.convert("RGBA").getchannel("A")) > 0
-        marked = alpha if marked is None or marked.shape != alpha.shape else (marked | alpha)
-    return marked if marked is not None and marked.any() else None
-
-
 def editor_inputs(value: Any, root: Path, folder: Path) -> tuple[str | None, str | None]:
     """``(start image, mask)`` paths copied into ``folder`` from an image editor value; the mask is None when
     nothing was painted (then the start image is for img2img or an instruction edit)."""
-    if not value:
-        return None, None
-    if isinstance(value, (str, Path)):  # a plain image (an API caller)
-        background, layers = value, []
-    elif isinstance(value, dict):
-        background = value.get("background") or value.get("composite")
-        layers = [layer for layer in value.get("layers") or [] if layer]
-    else:
-        raise StudioError("The start image arrived in a form the Generate tab does not read; upload it again.")
+    background, layers = editor_parts(value)
     if not background:
         return None, None
-    background = _inside(_path_of(background), root, "start image")
+    background = _inside(background, root, "start image")
     start = folder / f"start{background.suffix.lower() or '.png'}"
     shutil.copyfile(background, start)
-    marked = _painted([_inside(_path_of(layer), root, "mask") for layer in layers])
+    marked = painted_area([_inside(layer, root, "mask") for layer in layers])
     if marked is None:
         return str(start), None
     mask = folder / "mask.png"
@@ -86,7 +69,7 @@ def control_input(value: Any, root: Path, folder: Path) -> str | None:
     """The uploaded control image, copied into ``folder``."""
     if not value:
         return None
-    source = _inside(_path_of(value), root, "control image")
+    source = _inside(path_of(value), root, "control image")
     target = folder / f"control{source.suffix.lower() or '.png'}"
     shutil.copyfile(source, target)
     return str(target)
@@ -101,10 +84,3 @@ def model_ref(value: Any, root: Path, what: str) -> str | None:
     return text
 
 
-def _path_of(item: Any) -> str:
-    """A file path from a Gradio file value (a path, or a dict with ``path``)."""
-    if isinstance(item, dict):
-        item = item.get("path")
-    if not item:
-        raise StudioError("An uploaded image arrived without a file; upload it again.")
-    return str(item)

@@ -20,6 +20,7 @@ from studio.masks import MASK_SUFFIX, is_mask_file
 from studio.models.notes import native_resolution
 from studio.settings import declaration, default_value
 from studio.subjects import prepare_subject, validate_images
+from webui import mask_painter
 from webui.context import Context
 from webui.messages import browser_text, counted, for_browser
 
@@ -188,12 +189,14 @@ def build(ctx: Context) -> SubjectTab:
     base.change(on_base, base, resolution, api_name=False)
 
     def on_upload(current, earlier):
-        """A new upload replaces the photos of the previous one (Gradio would add them to the list)."""
+        """New photos replace the photos of the previous upload (Gradio would add them to the list); captions
+        and masks uploaded on their own join the photos already there."""
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (current or [])]
         fresh = [p for p in paths if p not in (earlier or [])]
-        kept = fresh or paths
+        kept = fresh if mask_painter.photo_paths(fresh) else paths
         return kept, kept
 
+    mask_painter.build(ctx, files)
     earlier = gr.State([])
     files.upload(on_upload, [files, earlier], [files, earlier], api_name=False)
     for trigger in (files.change, resolution.change, crop.change):
