@@ -259,7 +259,8 @@ class Generator:
                 runner.set_progress_bar_config(disable=not show_progress)
                 inputs = {k: v for k, v in inputs.items() if k not in ("width", "height") or accepts(runner, k)}
                 for batch in batches:
-                    images += runner(**inputs, **self._common_kwargs(runner, request, batch, progress)).images
+                    noise = _control_noise(runner, task, batch, inputs)
+                    images += runner(**inputs, **noise, **self._common_kwargs(runner, request, batch, progress)).images
             if request.mask is not None and request.keep_outside:
                 images = [keep_outside(image, inputs["image"], inputs["mask_image"]) for image in images]
         recipe = {"allow_pickle": allow_pickle, "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
@@ -299,7 +300,7 @@ class Generator:
             "num_inference_steps": int(request.steps),
             "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         }
-        if request.negative_prompt:
+        if request.negative_prompt and accepts(runner, "negative_prompt"):  # Flux's ControlNet img2img/inpaint take none
             kwargs["negative_prompt"] = [request.negative_prompt] * count
         if progress is not None and accepts(runner, "callback_on_step_end"):
             def on_step(pipe, step, timestep, callback_kwargs):
@@ -429,6 +430,18 @@ def _family_name(pipe: Any) -> str:
     from studio.families import family_for
 
     return family_for(pipe).name
+
+
+def _control_noise(runner: Any, task: str, seeds: list[int], inputs: dict[str, Any]) -> dict[str, Any]:
+    """``latents``, where the family's txt2img ControlNet pipeline would otherwise start from other noise than
+    the plain pipeline for the same seeds (see ``ModelFamily.control_noise``)."""
+    if task != "control":
+        return {}
+    from studio.families import family_for
+
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    noise = family_for(runner).control_noise(runner, generators, inputs["width"], inputs["height"])
+    return {} if noise is None else {"latents": noise}
 
 
 def _native_side(pipe: Any) -> int:

@@ -1,80 +1,54 @@
 """Which diffusers pipeline does each generation task for each model family, and what a base model is.
 
-A task pipeline is built from the loaded base pipeline's components (``from_pipe``: no new weights, the
-adapters already loaded into its UNet and text encoders stay active); a ControlNet is passed in as one
-more component. Families are named as :mod:`studio.families` names them; a family missing from the table,
-or a task it has no pipeline for, is refused with a message saying so.
+Each family names its task pipelines and ControlNet classes (``task_pipelines``, ``controlnet_classes`` in
+:mod:`studio.families`); this module only looks them up. A task pipeline is built from the loaded base
+pipeline's components (``from_pipe``: no new weights, the adapters already loaded into its denoiser and text
+encoders stay active); a ControlNet is passed in as one more component. A family without a pipeline for a
+task is refused with a message saying so.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 from studio.errors import StudioError
 
 TASKS = ("inpaint", "control", "control-img2img", "control-inpaint", "instruct")
+_TASK_WORDS = {"instruct": "instruction edits", "control": "ControlNet",
+               "control-img2img": "ControlNet with a start image (no mask)", "control-inpaint": "ControlNet with a mask"}
 
 
-@dataclass(frozen=True)
-class FamilyTasks:
-    pipelines: dict[str, str]  # task -> diffusers pipeline class name
-    controlnet_class: str  # the ControlNet model class of this family
-    control_image_argument: str = "control_image"  # how the txt2img ControlNet pipeline names its control image
+def family_tasks(family_name: str) -> Any:
+    """The family named so (its ``task_pipelines``, ``controlnet_classes``, ``control_image_argument``)."""
+    from studio.families import family_named
 
-
-_SD = FamilyTasks(
-    {"inpaint": "StableDiffusionInpaintPipeline", "control": "StableDiffusionControlNetPipeline",
-     "control-img2img": "StableDiffusionControlNetImg2ImgPipeline",
-     "control-inpaint": "StableDiffusionControlNetInpaintPipeline",
-     "instruct": "StableDiffusionInstructPix2PixPipeline"},
-    "ControlNetModel", control_image_argument="image",
-)
-TABLE: dict[str, FamilyTasks] = {
-    "sd1": _SD,
-    "sd2": _SD,
-    "sdxl": FamilyTasks(
-        {"inpaint": "StableDiffusionXLInpaintPipeline", "control": "StableDiffusionXLControlNetPipeline",
-         "control-img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
-         "control-inpaint": "StableDiffusionXLControlNetInpaintPipeline",
-         "instruct": "StableDiffusionXLInstructPix2PixPipeline"},
-        "ControlNetModel", control_image_argument="image",
-    ),
-    # The flow families (named as their studio.families entries will be): no instruction-tuned pipeline.
-    "sd3": FamilyTasks(
-        {"inpaint": "StableDiffusion3InpaintPipeline", "control": "StableDiffusion3ControlNetPipeline",
-         "control-inpaint": "StableDiffusion3ControlNetInpaintingPipeline"},
-        "SD3ControlNetModel",
-    ),
-    "flux": FamilyTasks(
-        {"inpaint": "FluxInpaintPipeline", "control": "FluxControlNetPipeline",
-         "control-img2img": "FluxControlNetImg2ImgPipeline", "control-inpaint": "FluxControlNetInpaintPipeline"},
-        "FluxControlNetModel",
-    ),
-}
-
-
-def family_tasks(family_name: str) -> FamilyTasks:
-    if family_name not in TABLE:
-        raise StudioError(f"Inpainting, ControlNet and instruction edits are not available for {family_name} models yet.")
-    return TABLE[family_name]
+    family = family_named(family_name)
+    if not family.task_pipelines:
+        raise StudioError(f"Inpainting, ControlNet and instruction edits are not available for {family.label or family_name} "
+                          "models yet.")
+    return family
 
 
 def pipeline_class(family_name: str, task: str) -> type:
     import diffusers
 
-    name = family_tasks(family_name).pipelines.get(task)
+    family = family_tasks(family_name)
+    name = family.task_pipelines.get(task)
     if name is None:
-        what = {"instruct": "instruction edits", "control-img2img": "ControlNet with a start image (no mask)"}.get(task, task)
-        raise StudioError(f"{family_name} models have no pipeline for {what} in diffusers {diffusers.__version__}.")
+        raise StudioError(f"{family.label or family_name} models have no pipeline for {_TASK_WORDS.get(task, task)} in "
+                          f"diffusers {diffusers.__version__}.")
     return getattr(diffusers, name)
 
 
 def controlnet_class(family_name: str) -> type:
+    """The ControlNet class that loads a hub id or single file for a base of ``family_name``."""
     import diffusers
 
-    return getattr(diffusers, family_tasks(family_name).controlnet_class)
+    family = family_tasks(family_name)
+    if not family.controlnet_classes:
+        raise StudioError(f"{family.label or family_name} models take no ControlNet in Studio yet.")
+    return getattr(diffusers, family.controlnet_classes[0])
 
 
 def denoiser_inputs(pipe: Any) -> int | None:

@@ -93,6 +93,13 @@ class ModelFamily(ABC):
     modelspec_architecture: str
     # Prefix of each component's modules in kohya/webui LoRA files (``lora_unet_…``, ``lora_te_…``).
     kohya_prefixes: dict[str, str]
+    # Generation tasks beyond txt2img/img2img (studio.pipeline_tasks): task -> diffusers pipeline class name
+    # (inpaint, control, control-img2img, control-inpaint, instruct; a task left out has no pipeline), the
+    # ControlNet model classes its ControlNet pipelines take (the first loads hub ids and single files) and
+    # how the txt2img ControlNet pipeline names its control image.
+    task_pipelines: dict[str, str] = {}
+    controlnet_classes: tuple[str, ...] = ()
+    control_image_argument: str = "control_image"
 
     def kohya_lora_name(self, component: str, path: str, unet_config: Any = None) -> str:
         """A module's name in a kohya/webui LoRA file: prefix + the module path with ``_`` for ``.``.
@@ -224,6 +231,11 @@ class ModelFamily(ABC):
     def encode_prompts(self, components: dict[str, Any], prompts: list[str], device=None) -> PromptEmbedding:
         ids = [t.to(device) if device is not None else t for t in self.tokenize(components, prompts)]
         return self.encode(components, ids)
+
+    def control_noise(self, pipe, generators: list[torch.Generator], width: int, height: int) -> torch.Tensor | None:
+        """The starting latents for the txt2img ControlNet pipeline ``pipe``, or None: it draws the seeds' noise
+        itself exactly as the plain pipeline does (so control strength 0 gives the plain image)."""
+        return None
 
     @abstractmethod
     def pipeline_classes(self) -> tuple[type, type]:

@@ -40,6 +40,10 @@ class FluxFamily(ModelFamily):
     fused_kohya_layout = True  # BFL's names, qkv and linear1 fused (studio.families.flux_names)
     kohya_network_module = "networks.lora_flux"
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
+    # No instruction-tuned pipeline (FLUX.1 Kontext is another model). Inpainting blends on the plain model.
+    task_pipelines = {"inpaint": "FluxInpaintPipeline", "control": "FluxControlNetPipeline",
+                      "control-img2img": "FluxControlNetImg2ImgPipeline", "control-inpaint": "FluxControlNetInpaintPipeline"}
+    controlnet_classes = ("FluxControlNetModel",)
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:
@@ -131,6 +135,15 @@ class FluxFamily(ModelFamily):
         from studio.families.flux_names import read_kohya_flux_state
 
         return read_kohya_flux_state(state, denoiser_config)
+
+    def control_noise(self, pipe, generators: list[torch.Generator], width: int, height: int) -> torch.Tensor:
+        """diffusers' Flux ControlNet pipeline samples the control image's VAE latents with the seeds' generators
+        before it draws the noise, so a seed would start from other noise than in ``FluxPipeline``: the plain
+        pipeline's noise (packed), drawn here from fresh generators of the same seeds."""
+        dtype = (pipe.text_encoder or pipe.transformer).dtype  # what FluxPipeline draws its noise in
+        latents, _ = pipe.prepare_latents(len(generators), pipe.transformer.config.in_channels // 4, height, width,
+                                          dtype, pipe._execution_device, generators)
+        return latents
 
     def pipeline_classes(self) -> tuple[type, type]:
         from diffusers import FluxImg2ImgPipeline, FluxPipeline

@@ -28,6 +28,13 @@ class StableDiffusionFamily(ModelFamily):
     modelspec_architecture = "stable-diffusion-v1/lora"
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
     supports_single_file = True
+    task_pipelines = {
+        "inpaint": "StableDiffusionInpaintPipeline", "control": "StableDiffusionControlNetPipeline",
+        "control-img2img": "StableDiffusionControlNetImg2ImgPipeline",
+        "control-inpaint": "StableDiffusionControlNetInpaintPipeline", "instruct": "StableDiffusionInstructPix2PixPipeline",
+    }
+    controlnet_classes = ("ControlNetModel",)
+    control_image_argument = "image"
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:

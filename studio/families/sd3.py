@@ -32,6 +32,10 @@ class StableDiffusion3Family(ModelFamily):
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
     supports_kohya_lora = False  # not written yet: BFL/SAI block names with fused qkv (see docs/flow.md)
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    # diffusers has no SD3 ControlNet img2img pipeline, and its ControlNet inpainting pipeline is for inpainting
+    # ControlNets (the masked image is the control), not a control image plus a mask; no instruction-tuned one.
+    task_pipelines = {"inpaint": "StableDiffusion3InpaintPipeline", "control": "StableDiffusion3ControlNetPipeline"}
+    controlnet_classes = ("SD3ControlNetModel",)
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:

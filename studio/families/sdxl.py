@@ -37,6 +37,14 @@ class StableDiffusionXLFamily(ModelFamily):
     kohya_base_model_version = "sdxl_base_v1-0"
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    task_pipelines = {
+        "inpaint": "StableDiffusionXLInpaintPipeline", "control": "StableDiffusionXLControlNetPipeline",
+        "control-img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "control-inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+        "instruct": "StableDiffusionXLInstructPix2PixPipeline",
+    }
+    controlnet_classes = ("ControlNetModel",)
+    control_image_argument = "image"
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:

@@ -45,7 +45,7 @@ _REGISTRY: dict[str, BuiltinModel] = {}
 # Modules that register built-ins when imported.
 _BUILDER_MODULES = ("studio.models.tiny_sd", "studio.models.tiny_sdxl", "studio.models.tiny_backbones",
                     "studio.models.tiny_edit", "studio.models.tiny_flux", "studio.models.tiny_sd3",
-                    "studio.models.tiny_vlm")
+                    "studio.models.tiny_flow_controlnet", "studio.models.tiny_vlm")
 
 
 def register(model: BuiltinModel) -> BuiltinModel:

@@ -20,16 +20,21 @@ def builtin_controlnets() -> list[str]:
     return [name for name, model in builtins().items() if model.kind == "controlnet"]
 
 
-def _class_for_folder(folder: Path, default: type) -> type:
+def _class_named(name: str, default: type) -> type:
+    """The diffusers ControlNet class a config names (``_class_name``); ``default`` when it names none."""
     import diffusers
 
+    found = getattr(diffusers, name, None) if "ControlNet" in name else None
+    return found if isinstance(found, type) else default
+
+
+def _class_for_folder(folder: Path, default: type) -> type:
     try:
         name = json.loads((folder / "config.json").read_text()).get("_class_name", "")
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{folder} is not a ControlNet folder (no readable config.json: {error}).",
                              browser=f"{folder.name} is not a ControlNet folder (no readable config.json).") from error
-    found = getattr(diffusers, name, None) if name.endswith("ControlNetModel") else None
-    return found if isinstance(found, type) else default
+    return _class_named(name, default)
 
 
 def load_controlnet(ref: str, family_name: str, *, torch_dtype: Any = None, allow_pickle: bool = False) -> Any:
@@ -53,8 +58,9 @@ def load_controlnet(ref: str, family_name: str, *, torch_dtype: Any = None, allo
         if kind == "single_file":
             refuse_pickle(path, allow_pickle)
             return default.from_single_file(str(path), **kwargs)
-        if kind == "hub":
-            return default.from_pretrained(ref, use_safetensors=None if allow_pickle else True, **kwargs)
+        if kind == "hub":  # the class its config names (a ControlNet of another family is refused by check_fits)
+            hub_class = _class_named(str(default.load_config(ref).get("_class_name", "")), default)
+            return hub_class.from_pretrained(ref, use_safetensors=None if allow_pickle else True, **kwargs)
     except ModelLoadError:
         raise
     except Exception as error:
@@ -71,7 +77,16 @@ def load_controlnet(ref: str, family_name: str, *, torch_dtype: Any = None, allo
 
 
 def check_fits(controlnet: Any, pipe: Any, ref: str) -> None:
-    """Refuse a ControlNet made for another architecture than the base's, before it fails mid-generation."""
+    """Refuse a ControlNet made for another family or architecture than the base's, before it fails mid-generation."""
+    from studio.families import FAMILIES, family_for
+
+    family, kind = family_for(pipe), type(controlnet).__name__
+    if kind not in family.controlnet_classes:
+        owners = [f().label for f in FAMILIES if kind in f.controlnet_classes]
+        made_for = f"made for {' / '.join(owners)} models" if owners else "not a ControlNet Studio uses with any family"
+        raise ModelLoadError(
+            f"The ControlNet '{ref}' is a {kind}, {made_for}; the base is a {family.label} model, which takes "
+            f"{' or '.join(family.controlnet_classes)}. Choose a ControlNet trained for this base's family.")
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     mine, theirs = getattr(controlnet, "config", {}), getattr(denoiser, "config", {})
     for key in ("cross_attention_dim", "joint_attention_dim", "addition_embed_type"):
