@@ -27,7 +27,7 @@ from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, be
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
-from trainers import checkpoints, objectives, placement, trackers
+from trainers import checkpoints, objectives, placement, quantize, trackers
 from trainers.batches import BatchPlan, load_pair, loss_weights, training_size
 from trainers.data import LatentSource
 from trainers.ema import ExponentialAverage
@@ -112,6 +112,7 @@ class Trainer:
         self._set_dtypes_and_modes()
         self._build_caches()  # staged placement: see trainers/placement.py
         self._release_unneeded()
+        quantize.quantize_frozen_base(self)  # base_quantization (QLoRA): trainers/quantize.py
         placement.move_to_device(self.components, self.device, skip=self.released)
         self._build_optimizer()
         self.validator = Validator(self)

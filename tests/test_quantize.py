@@ -1,0 +1,116 @@
+"""Quantized frozen base (base_quantization int8 / nf4, bitsandbytes on the CPU): the run learns, the
+adapter stays fp32 and its saved file is the one an unquantized run writes (same keys, shapes, dtypes)."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from studio.errors import ConfigError
+from trainers import METHODS
+from trainers.base import Trainer, prepare_run_dir
+from trainers.quantize import check_quantization, is_quantized, quantize_module
+
+ADAPTER = "adapter/pytorch_lora_weights.safetensors"
+
+
+def _train(method, subject, directory, **overrides) -> Trainer:
+    config = tiny_config(method, **overrides)
+    prepare_run_dir(config, subject, directory)
+    trainer = Trainer(METHODS[method], config, directory)
+    trainer.result = trainer.run()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def lora_runs(sample_subject, tmp_path_factory):
+    runs = {}
+    for kind in ("none", "nf4", "int8"):
+        directory = tmp_path_factory.mktemp(f"q-{kind}") / "run"
+        runs[kind] = (_train("lora", sample_subject, directory, steps=120, base_quantization=kind), directory)
+    return runs
+
+
+def _fixed_noise_losses(directory) -> tuple[float, float]:
+    """Fixed-noise loss on the instance images: the unquantized base, then the unquantized base with the
+    adapter the quantized run saved (what a user of the export gets)."""
+    from studio.models import load_base
+    from studio.runs import load_run, personalised_pipeline
+    from trainers.data import load_image_tensors
+    from trainers.fixed_loss import fixed_noise_loss
+
+    run = load_run(directory)
+    images = load_image_tensors(run.subject.image_paths, run.config.resolution)
+    prompt = run.prompt("a {0} {1}")
+    return (fixed_noise_loss(load_base(run.config.base).pipeline, images, prompt),
+            fixed_noise_loss(personalised_pipeline(run), images, prompt))
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_quantized_lora_learns_with_fp32_adapter(lora_runs, kind):
+    trainer, directory = lora_runs[kind]
+    unet = trainer.components["unet"]
+    layer = bnb.nn.Linear4bit if kind == "nf4" else bnb.nn.Linear8bitLt
+    quantized = [m for m in unet.modules() if isinstance(m, layer)]
+    assert len(quantized) == trainer.quantized_layers > 0
+    assert quantized[0].weight.dtype == (torch.uint8 if kind == "nf4" else torch.int8)
+    trainable = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    lora = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora.values())
+    # the trained LoRA moved away from its initialisation (lora_B starts at zero)
+    assert any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)
+    before, after = _fixed_noise_losses(directory)
+    assert after < before * 0.95, f"{kind}: fixed-noise loss {before:.4f} -> {after:.4f}"
+
+
+def test_quantized_export_is_an_ordinary_adapter(lora_runs):
+    plain = load_file(str(lora_runs["none"][1] / ADAPTER))
+    for kind in ("nf4", "int8"):
+        saved = load_file(str(lora_runs[kind][1] / ADAPTER))
+        assert saved.keys() == plain.keys()
+        for key, tensor in plain.items():
+            assert saved[key].shape == tensor.shape and saved[key].dtype == tensor.dtype, key
+        assert not any("quant" in k or "absmax" in k or "SCB" in k or "base_layer" in k for k in saved)
+        # and it loads into the unquantized tiny-sd like any adapter
+        from studio.models import load_base
+
+        pipe = load_base("tiny-sd").pipeline
+        pipe.load_lora_weights(str(lora_runs[kind][1] / "adapter"))
+        assert not is_quantized(pipe.unet)
+
+
+def test_quantize_module_keeps_outputs_close():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    model.requires_grad_(False)
+    x = torch.randn(8, 128)
+    reference = model(x)
+    for kind, tolerance in (("int8", 0.02), ("nf4", 0.15)):
+        copy = deepcopy(model)
+        assert quantize_module(copy, kind, compute_dtype=torch.float32, device=torch.device("cpu")) == 2
+        error = (copy(x) - reference).norm() / reference.norm()
+        assert error < tolerance, (kind, float(error))
+        assert error > 0  # it really is quantized
+
+
+def test_textual_inversion_on_a_quantized_base(sample_subject, tmp_path):
+    trainer = _train("textual_inversion", sample_subject, tmp_path / "run", steps=8, base_quantization="nf4")
+    assert is_quantized(trainer.components["unet"])
+    trainable = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    saved = list((tmp_path / "run" / trainer.result["artifact"]).glob("*.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for f in saved for t in load_file(str(f)).values())
+
+
+def test_unsupported_combinations_name_the_setting():
+    with pytest.raises(ConfigError, match="base_quantization"):
+        check_quantization(tiny_config("dreambooth", base_quantization="nf4"))
+    with pytest.raises(ConfigError, match="adapter_type=lora"):
+        check_quantization(tiny_config("lora", base_quantization="int8", adapter_type="dora"))
+    check_quantization(tiny_config("lora", base_quantization="nf4"))

@@ -1,0 +1,98 @@
+"""Quantized frozen base (QLoRA): the denoiser's frozen Linear weights held in int8 or NF4 (bitsandbytes).
+
+Setting ``base_quantization`` (none, int8, nf4), for LoRA and textual inversion. What changes and what does not:
+
+- Every ``nn.Linear`` of the frozen denoiser becomes a bitsandbytes layer (``Linear8bitLt`` without
+  fp16 weights, or ``Linear4bit`` with NF4 codes and double-quantized absmax) holding the same weights
+  quantized. Inside a LoRA layer the quantized layer replaces peft's ``base_layer``; the adapter's
+  ``lora_A``/``lora_B`` are untouched: fp32, trained by the same optimizer in fp32.
+- Quantization happens after the caches are built and the encoders released, one layer at a time as
+  it goes to the training device (``Trainer._setup``): the device never holds the full-precision
+  denoiser, and the staged placement of ``trainers/placement.py`` is unchanged.
+- Saved results hold only the adapter (or embedding rows), under the same names as an unquantized
+  run: an ordinary adapter for the unquantized base (``tests/test_quantize.py`` compares the keys,
+  shapes and dtypes of both).
+
+Norms, embeddings, convolutions and biases stay in the frozen dtype (SD1.5's convolutions are two
+thirds of its UNet: quantization saves less there than on the all-Linear Flux and SD3 transformers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from studio.errors import ConfigError
+
+KINDS = ("int8", "nf4")
+
+
+def check_quantization(config) -> None:
+    """Refuse combinations this path does not support, naming the setting."""
+    kind = getattr(config, "base_quantization", "none")
+    if kind == "none":
+        return
+    if config.method not in ("lora", "textual_inversion"):
+        raise ConfigError(f"base_quantization={kind} quantizes a frozen base: for method lora or textual_inversion, "
+                          f"not {config.method} (set base_quantization=none).")
+    if config.method == "lora" and config.adapter_type != "lora":
+        raise ConfigError(f"base_quantization={kind} trains adapter_type lora only (DoRA, LoKr and LoHa read the base "
+                          f"weight itself); set adapter_type=lora or base_quantization=none.")
+    if config.torch_compile:
+        raise ConfigError(f"base_quantization={kind} does not combine with torch_compile; set torch_compile=false.")
+
+
+def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.dtype, device: torch.device):
+    import bitsandbytes as bnb
+
+    weight = linear.weight.data
+    bias = linear.bias
+    if kind == "nf4":
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias is not None,
+                                  compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True, device="meta")
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
+    else:
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias is not None,
+                                    has_fp16_weights=False, device="meta")
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias.data, requires_grad=False)
+    return layer.to(device)  # bitsandbytes quantizes on the move (on the CPU too)
+
+
+def _frozen_linears(module: torch.nn.Module):
+    """(parent, attribute name, Linear) of every frozen nn.Linear, LoRA's own layers excluded."""
+    for _, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and not child.weight.requires_grad:
+                yield parent, name, child
+
+
+def quantize_module(module: torch.nn.Module, kind: str, *, compute_dtype: torch.dtype, device: torch.device) -> int:
+    """Replace the frozen Linear layers of ``module`` by quantized ones on ``device``; returns how many."""
+    if kind not in KINDS:
+        raise ValueError(kind)
+    count = 0
+    for parent, name, linear in list(_frozen_linears(module)):
+        setattr(parent, name, _quantized_linear(linear, kind, compute_dtype, device))
+        count += 1
+    module.to(device)  # the rest (norms, embeddings, LoRA tensors) as before; quantized tensors only move
+    return count
+
+
+def quantize_frozen_base(trainer) -> None:
+    """The trainer's hook: quantize its denoiser onto the training device when ``base_quantization`` asks."""
+    config = trainer.config
+    kind = getattr(config, "base_quantization", "none")
+    if kind == "none":
+        return
+    from trainers.placement import frozen_dtype
+
+    denoiser = trainer.components[trainer.family.denoiser_name]
+    compute = frozen_dtype(config) if trainer.device.type == "cuda" else torch.float32
+    trainer.quantized_layers = quantize_module(denoiser, kind, compute_dtype=compute, device=trainer.device)
+
+
+def is_quantized(module: torch.nn.Module) -> bool:
+    import bitsandbytes as bnb
+
+    return any(isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt) for m in module.modules())
