@@ -9,7 +9,7 @@ keys, never by name, and pickle files are refused.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class AdapterSource:
     format: str  # "diffusers" | "kohya" | "peft" | "a1111" | "a1111-sdxl" | "per-encoder" (an SDXL TI run)
     token: str | None = None  # embeddings: what to type in a prompt
     base: str | None = None  # run directories: the base model they were trained on
+    companion: AdapterSource | None = None  # a LoRA's own token embedding, loaded with it (pivotal tuning)
 
     def describe(self) -> str:
         what = "LoRA" if self.kind == "lora" else f"embedding '{self.token}'"
@@ -97,18 +98,18 @@ def _resolve_folder(path: Path) -> AdapterSource:
         artifact = path / result.get("artifact", "adapter")
         produces = _spec(result, path).produces
         if produces == LORA:
+            companion = _embedding_source(artifact, result) if _spec(result, path).with_embedding else None
             if _held_in_peft_folders(result):  # LoKr, LoHa
                 return AdapterSource(artifact, "lora", "peft", base=result.get("base"))
-            return AdapterSource(artifact / LORA_WEIGHTS_FILE, "lora", "diffusers", base=result.get("base"))
-        if produces == EMBEDDING:
-            if (artifact / EMBEDDINGS_FILE).is_file():
-                return AdapterSource(artifact / EMBEDDINGS_FILE, "embedding", "diffusers", token=result.get("token"),
-                                     base=result.get("base"))
-            # one file per text encoder (SDXL): learned_embeds_text_encoder[_2].safetensors
-            return AdapterSource(artifact, "embedding", "per-encoder", token=result.get("token"), base=result.get("base"))
+            return AdapterSource(artifact / LORA_WEIGHTS_FILE, "lora", "diffusers", base=result.get("base"),
+                                 companion=companion)
+        if produces == EMBEDDING:  # one file, or one per text encoder (SDXL: learned_embeds_text_encoder[_2])
+            return _embedding_source(artifact, result)
         raise AdapterError(f"{path} is a DreamBooth run (a whole model): pass it as --base, not as --adapter.")
     if (path / "model_index.json").is_file():
         raise AdapterError(f"{path} is a full diffusers model folder: pass it as --base, not as --adapter.")
+    if (path / LORA_WEIGHTS_FILE).is_file() and (path / EMBEDDINGS_FILE).is_file():  # a pivotal export
+        return replace(_resolve_file(path / LORA_WEIGHTS_FILE), companion=_resolve_file(path / EMBEDDINGS_FILE))
     for candidate in (path / LORA_WEIGHTS_FILE, path / EMBEDDINGS_FILE):
         if candidate.is_file():
             return _resolve_file(candidate)
@@ -154,7 +155,7 @@ def load_adapter(pipe, source: AdapterSource, adapter_name: str, *, token: str |
     try:
         if source.kind == "lora":
             _load_lora(pipe, source, adapter_name)
-            return []
+            return _load_embedding(pipe, source.companion, source.companion.token) if source.companion else []
         return _load_embedding(pipe, source, token or source.token)
     except StudioError:
         raise
@@ -230,13 +231,18 @@ def apply_run_result(run_dir: Path, result: dict[str, Any], config):
         load_peft_adapters(pipeline, artifact, "run")
     elif produces == LORA:
         pipeline.load_lora_weights(str(artifact), weight_name=LORA_WEIGHTS_FILE, use_safetensors=True)
-    elif produces == EMBEDDING:
-        family_files = sorted(artifact.glob("learned_embeds_*.safetensors"))
-        if family_files:  # one file per text encoder (SDXL)
-            _load_per_encoder_embeddings(pipeline, family_files, result["token"])
-        else:
-            pipeline.load_textual_inversion(str(artifact / EMBEDDINGS_FILE), token=result["token"])
+    if produces == EMBEDDING or (produces == LORA and _spec(result, Path(run_dir)).with_embedding):
+        source = _embedding_source(artifact, result)
+        _load_embedding(pipeline, source, source.token)
     return pipeline
+
+
+def _embedding_source(artifact: Path, result: dict[str, Any]) -> AdapterSource:
+    """The token rows a run's ``artifact`` folder holds: one diffusers file, or one per text encoder (SDXL)."""
+    if (artifact / EMBEDDINGS_FILE).is_file():
+        return AdapterSource(artifact / EMBEDDINGS_FILE, "embedding", "diffusers", token=result.get("token"),
+                             base=result.get("base"))
+    return AdapterSource(artifact, "embedding", "per-encoder", token=result.get("token"), base=result.get("base"))
 
 
 def _load_per_encoder_embeddings(pipeline, files: list[Path], token: str) -> None:

@@ -31,6 +31,7 @@ class MethodSpec:
     trains_denoiser: bool = True
     prior_preservation: bool = True  # may a class prior be mixed into its batches?
     weight_decay: bool = True  # does the optimizer's weight decay apply (not to new embedding rows)?
+    with_embedding: bool = False  # a LORA result that also holds new token rows, applied with it (pivotal tuning)
 
     @property
     def is_adapter(self) -> bool:
@@ -59,6 +60,13 @@ METHOD_SPECS: dict[str, MethodSpec] = {
             "textual_inversion", "Textual inversion", "textual-inversion", EMBEDDING, "adapter", ("diffusers", "a1111"),
             {"webui": "a1111", "comfyui": "a1111", "kohya": "a1111"},
             trains_denoiser=False, prior_preservation=False, weight_decay=False,
+        ),
+        # LoRA and a textual-inversion token trained together; the LoRA and the token's rows are one result,
+        # exported as the LoRA file plus the embedding file of each layout (the LoRA needs its token).
+        MethodSpec(
+            "pivotal", "Pivotal tuning (LoRA + textual inversion)", "pivotal-tuning", LORA, "adapter", ("diffusers", "kohya"),
+            {"webui": "kohya", "a1111": "kohya", "comfyui": "kohya", "sd-scripts": "kohya"},
+            with_embedding=True,
         ),
     )
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from studio.config import describe_allowed
+from studio.methods import METHOD_NAMES
 from studio.settings import declarations, default_value
 
 
@@ -18,7 +19,7 @@ def settings_markdown() -> str:
     ]
     for item in declarations():
         meta = item.metadata
-        methods = "all" if len(meta["methods"]) == 3 else ", ".join(meta["methods"])
+        methods = "all" if set(meta["methods"]) == set(METHOD_NAMES) else ", ".join(meta["methods"])
         default = default_value(item)
         lines.append(
             f"| `{item.name}` | {meta['group']} | `{default!r}` | {describe_allowed(item)} | {methods} | {meta['help']} |"

@@ -21,12 +21,14 @@ from trainers.base import Trainer, TrainingCancelled, TrainingFailed, load_run_c
 from trainers.dreambooth import DreamBoothMethod
 from trainers.lora import LoRAMethod
 from trainers.method import Method
+from trainers.pivotal import PivotalMethod
 from trainers.textual_inversion import TextualInversionMethod
 
 METHODS: dict[str, type[Method]] = {
     "lora": LoRAMethod,
     "dreambooth": DreamBoothMethod,
     "textual_inversion": TextualInversionMethod,
+    "pivotal": PivotalMethod,
 }
 
 

@@ -242,6 +242,7 @@ class Trainer:
     def _optimizer_step(self, step: int) -> torch.Tensor:
         config, accelerator = self.config, self.accelerator
         total = torch.zeros((), device=self.device)
+        self.method.on_step(step)
         for micro in range(config.gradient_accumulation_steps):
             last = micro == config.gradient_accumulation_steps - 1
             sync = nullcontext() if last else accelerator.no_sync(*self.models.values())

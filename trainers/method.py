@@ -56,6 +56,11 @@ class Method(ABC):
             groups.append({"params": params, "lr": lr, "name": name})
         return groups
 
+    def on_step(self, step: int) -> None:
+        """Called before optimizer step ``step`` (0-based); a method whose trainable set changes during a run
+        (pivotal tuning's embedding stop) sets it here."""
+        return None
+
     # --- prompts -------------------------------------------------------------------------------
     @property
     def token(self) -> str:

@@ -21,6 +21,7 @@ from studio.export.full_model import export_dreambooth_run
 from studio.export.lora_export import export_lora_run
 from studio.export.lycoris_export import export_lycoris_run
 from studio.export.model_card import read_eval_scores, render_card
+from studio.export.pivotal_export import export_pivotal_run
 from studio.export.ti_export import export_ti_run
 from studio.export.verify import IMAGE_TOLERANCE
 from studio.methods import (
@@ -171,7 +172,9 @@ def _write_export(run, out: Path, chosen: list[str], force: bool, rank: int, lic
                             progress=track("writing and verifying", len(chosen), "format"))
         log(f"Exporting {run.directory.name} ({method}) as {', '.join(chosen)}; verifying each file by reloading it")
         produces = method_spec(method).produces
-        if produces == LORA and adapter_type_spec(run.require_finished().get("adapter_type")).name != "lora":
+        if produces == LORA and method_spec(method).with_embedding:  # pivotal tuning: the LoRA and its token
+            export_pivotal_run(ctx, chosen)
+        elif produces == LORA and adapter_type_spec(run.require_finished().get("adapter_type")).name != "lora":
             export_lycoris_run(ctx, chosen)  # DoRA, LoKr, LoHa
         elif produces == LORA:
             export_lora_run(ctx, chosen)
