@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -164,13 +165,6 @@ class Generator:
         names, weights, tokens, wanted_embeddings = [], [], [], set()
         for ref, source in zip(refs, sources, strict=True):
             key = _adapter_key(source)
-            if source.companion is not None:  # a pivotal LoRA's own token: loaded while the LoRA is chosen
-                companion = _adapter_key(source.companion)
-                if companion not in self._embeddings:
-                    self._embeddings[companion] = load_adapter(pipe, source.companion, "", token=source.companion.token)
-                wanted_embeddings.add(companion)
-                tokens += self._embeddings[companion][:1]
-                source = replace(source, companion=None)
             if source.kind == "embedding":
                 if ref.weight != 1.0:
                     raise AdapterError(f"{ref.path} is an embedding; weights apply to LoRAs only (drop ':{ref.weight}').")
@@ -265,9 +259,10 @@ class Generator:
                 runner = pipe if task == "txt2img" else self._task_pipeline(task, request, allow_pickle)
                 runner.set_progress_bar_config(disable=not show_progress)
                 inputs = {k: v for k, v in inputs.items() if k not in ("width", "height") or accepts(runner, k)}
-                for batch in batches:
-                    noise = _control_noise(runner, task, batch, inputs)
-                    images += runner(**inputs, **noise, **self._common_kwargs(runner, request, batch, progress)).images
+                for batch in _control_batches(runner, task, batches):
+                    with _seeded_global_rng(runner, task, batch):
+                        noise = _control_noise(runner, task, batch, inputs)
+                        images += runner(**inputs, **noise, **self._common_kwargs(runner, request, batch, progress)).images
             if request.mask is not None and request.keep_outside:
                 images = [keep_outside(image, inputs["image"], inputs["mask_image"]) for image in images]
         recipe = {"allow_pickle": allow_pickle, "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
@@ -449,6 +444,29 @@ def _control_noise(runner: Any, task: str, seeds: list[int], inputs: dict[str, A
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     noise = family_for(runner).control_noise(runner, generators, inputs["width"], inputs["height"])
     return {} if noise is None else {"latents": noise}
+
+
+def _uses_global_rng(runner: Any, task: str) -> bool:
+    from studio.families import family_for
+
+    return task.startswith("control") and family_for(runner).control_uses_global_rng
+
+
+def _control_batches(runner: Any, task: str, batches: list[list[int]]) -> list[list[int]]:
+    """The batches to render: one image each where the family's ControlNet pipeline draws from torch's global RNG."""
+    return [[seed] for batch in batches for seed in batch] if _uses_global_rng(runner, task) else batches
+
+
+@contextmanager
+def _seeded_global_rng(runner: Any, task: str, seeds: list[int]):
+    """Where the family's ControlNet pipeline draws from torch's global RNG (SD3 samples the control image's VAE
+    latents there, not from the seed's generator), that RNG seeded from the image's seed, and restored after."""
+    if not _uses_global_rng(runner, task):
+        yield
+        return
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seeds[0])
+        yield
 
 
 def _native_side(pipe: Any) -> int:

@@ -100,6 +100,9 @@ class ModelFamily(ABC):
     task_pipelines: dict[str, str] = {}
     controlnet_classes: tuple[str, ...] = ()
     control_image_argument: str = "control_image"
+    # Its ControlNet pipeline samples the control image's VAE latents from torch's global RNG, not the seed's
+    # generator (diffusers' SD3): Studio renders one image per call with that RNG seeded from the image's seed.
+    control_uses_global_rng: bool = False
 
     def kohya_lora_name(self, component: str, path: str, unet_config: Any = None) -> str:
         """A module's name in a kohya/webui LoRA file: prefix + the module path with ``_`` for ``.``.

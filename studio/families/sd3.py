@@ -36,6 +36,7 @@ class StableDiffusion3Family(ModelFamily):
     # ControlNets (the masked image is the control), not a control image plus a mask; no instruction-tuned one.
     task_pipelines = {"inpaint": "StableDiffusion3InpaintPipeline", "control": "StableDiffusion3ControlNetPipeline"}
     controlnet_classes = ("SD3ControlNetModel",)
+    control_uses_global_rng = True
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:
