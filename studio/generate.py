@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -165,6 +165,13 @@ class Generator:
         names, weights, tokens, wanted_embeddings = [], [], [], set()
         for ref, source in zip(refs, sources, strict=True):
             key = _adapter_key(source)
+            if source.companion is not None:  # a pivotal LoRA's own token: loaded while the LoRA is chosen
+                companion = _adapter_key(source.companion)
+                if companion not in self._embeddings:
+                    self._embeddings[companion] = load_adapter(pipe, source.companion, "", token=source.companion.token)
+                wanted_embeddings.add(companion)
+                tokens += self._embeddings[companion][:1]
+                source = replace(source, companion=None)
             if source.kind == "embedding":
                 if ref.weight != 1.0:
                     raise AdapterError(f"{ref.path} is an embedding; weights apply to LoRAs only (drop ':{ref.weight}').")
