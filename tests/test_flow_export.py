@@ -52,6 +52,14 @@ def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_pa
     assert {k.split(".")[0] for k in keys} == {"transformer", *(("text_encoder",) if family == "flux" else
                                                                 ("text_encoder", "text_encoder_2"))}
     assert (result.out_dir / "peft" / "transformer" / "adapter_config.json").is_file()
+    verdicts = {f["path"]: f.get("consumers", {}) for f in json.loads((result.out_dir / "export.json").read_text())["files"]}
+    if family == "flux":  # ComfyUI's and Forge's rules for BFL's fused layout, on both files
+        for path in ("sks-toy-lora.safetensors", "pytorch_lora_weights.safetensors"):
+            assert {verdicts[path][n]["loads"] for n in ("ComfyUI", "Forge")} == {"all"}, path
+        assert verdicts["sks-toy-lora.safetensors"]["A1111"]["loads"] == "not checked"
+    else:  # tiny-sd3 is 2 blocks of width 64, where ComfyUI sizes MMDiT's qkv as 64 × depth; Forge has no SD3 map
+        assert verdicts["pytorch_lora_weights.safetensors"]["ComfyUI"]["loads"] == "partial"
+        assert verdicts["pytorch_lora_weights.safetensors"]["Forge"]["loads"] == "refused"
     card = (result.out_dir / "README.md").read_text()
     assert ("flux" if family == "flux" else "sd3") in card.split("---")[1]  # the Hub's family tag
     assert json.loads((result.out_dir / "export.json").read_text())["family"] == family

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.export.consumers import PROOF_OWN_CODE, consumer_report, match_all
+from studio.export.consumers.flow_rules import FLOW_KEY_RULE_CONSUMERS, flow_consumers, is_flow
 from studio.export.context import ExportContext
 from studio.export.lora_kohya import save_kohya_lora
 from studio.export.lora_peft import save_peft_folders
@@ -102,7 +103,8 @@ def _verify_lora_file(ctx: ExportContext, path: Path, weights: LoraWeights, fmt:
         check = f"{layers} LoRA layers loaded by diffusers load_lora_weights; max pixel diff to DreamBooth {difference:.3f}"
     consumers = _consumers(ctx, path, weights, fmt, strict=compare, norms=norms)
     consumers[DIFFUSERS] = _diffusers_verdict(layers)
-    loaded_by = [name for name in CONSUMERS[fmt] if consumers[name]["loads"] == "all"]
+    named = CONSUMERS[fmt] + (FLOW_KEY_RULE_CONSUMERS if is_flow(ctx.family) else ())
+    loaded_by = [name for name in named if consumers[name]["loads"] == "all"]
     ctx.record(path, f"LoRA ({label})", ", ".join(loaded_by), check, layers=layers, max_abs_diff=difference,
                tolerance=IMAGE_TOLERANCE if compare else None, layout=fmt, consumers=consumers)
 
@@ -127,8 +129,14 @@ def _verify_fused_kohya(ctx: ExportContext, path: Path, weights: LoraWeights, la
         raise ExportVerificationError(f"{what}: read back, {len(wrong)} modules differ, {len(extra)} are extra and "
                                       f"{len(missing_te)} text-encoder modules are missing (e.g. {(wrong + extra + missing_te)[:3]}).")
     layers = len(expected) + len(encoders)
-    ctx.record(path, f"LoRA ({label})", "ComfyUI, Forge, kohya sd-scripts (BFL names), diffusers",
-               f"{layers} LoRA modules read back equal from BFL's fused layout", layers=layers, layout="kohya")
+    consumers = _consumers(ctx, path, weights, "kohya", strict=label == "kohya", norms=None)
+    consumers[DIFFUSERS] = {"proof": PROOF_OWN_CODE, "loads": "not run on this file",
+                            "why": "diffusers' kohya-Flux reader hard-codes FLUX.1's widths; it reads this layout "
+                                   "back exactly at those widths in tests/test_flux_kohya.py"}
+    loaded_by = [name for name in FLOW_KEY_RULE_CONSUMERS if consumers[name]["loads"] == "all"]
+    ctx.record(path, f"LoRA ({label})", ", ".join(loaded_by) + " (key rules); Studio's reader",
+               f"{layers} LoRA modules read back equal from BFL's fused layout", layers=layers, layout="kohya",
+               consumers=consumers)
 
 
 def _version(package: str) -> str:
@@ -148,6 +156,13 @@ def _consumers(ctx: ExportContext, path: Path, weights: LoraWeights, fmt: str, *
     from safetensors.torch import load_file
 
     state = load_file(str(path))
+    if is_flow(ctx.family):  # Flux/SD3: ComfyUI's and Forge's rules for the original fused layout
+        verdicts = flow_consumers(state, weights, ctx.layout())
+        failed = [name for name in FLOW_KEY_RULE_CONSUMERS if fmt == "kohya" and verdicts[name]["loads"] != "all"]
+        if strict and failed:
+            raise ExportVerificationError(f"{fmt} LoRA {path.name}: by {failed[0]}'s key rules it would not load "
+                                          f"completely ({verdicts[failed[0]]}). The export was not written.")
+        return verdicts
     module_norm2, delta_norm2 = norms if norms else (None, None)
     verdicts = {
         name: consumer_report(result, weights, state, module_norm2, delta_norm2)

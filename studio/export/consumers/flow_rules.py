@@ -53,6 +53,7 @@ NOT_CHECKED = {
     "A1111": "AUTOMATIC1111's Flux/SD3 LoRA rules are not restated here: no claim either way",
     "kohya sd-scripts": "sd-scripts' lora_flux/lora_sd3 network rules are not restated here: no claim either way",
 }
+FLOW_KEY_RULE_CONSUMERS = (COMFYUI, FORGE)
 PROBES = 3
 _ENCODER_PROJECTION = re.compile(r"^text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
 
@@ -264,6 +265,13 @@ def _studio_slot(path: str, layout: ModelLayout, sd3: dict[str, Slot]) -> Slot:
     return Slot(f"transformer:{path}")  # no place in the original layout that ComfyUI names (attn2)
 
 
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal updates; rows past the end of one of them (members without a LoRA) must be zero in the other."""
+    rows = min(a.shape[0], b.shape[0])
+    tail = a[rows:] if a.shape[0] > rows else b[rows:]
+    return bool(torch.allclose(a[:rows], b[:rows], rtol=1e-5, atol=1e-7) and (tail.numel() == 0 or tail.abs().max() == 0))
+
+
 def consumer_report(consumer: str, state: dict[str, torch.Tensor], weights: LoraWeights,
                     layout: ModelLayout) -> dict[str, Any]:
     """One consumer's verdict on one Flux/SD3 LoRA file, for export.json (see
@@ -272,8 +280,7 @@ def consumer_report(consumer: str, state: dict[str, torch.Tensor], weights: Lora
     applied, misfit = applied_updates(state, result)
     intended = intended_updates(weights, layout)
     wrong = sorted(t for t in set(applied) | set(intended)
-                   if t not in applied or t not in intended or applied[t].shape != intended[t].shape
-                   or not torch.allclose(applied[t], intended[t], rtol=1e-5, atol=1e-7))
+                   if t not in applied or t not in intended or not _equal(applied[t], intended[t]))
     missing = sorted(set(intended) - set(applied))
     report: dict[str, Any] = {
         "proof": "key rules",
@@ -299,10 +306,15 @@ def consumer_report(consumer: str, state: dict[str, torch.Tensor], weights: Lora
     return report
 
 
+def is_flow(family) -> bool:
+    """Flux and SD3: transformer families whose consumers keep the original fused layout."""
+    return family.name in ("flux", "sd3")
+
+
 def flow_consumers(state: dict[str, torch.Tensor], weights: LoraWeights, layout: ModelLayout) -> dict[str, dict]:
     """Every consumer's verdict on a Flux/SD3 LoRA file: ComfyUI and Forge by their rules; the others
     named as not checked."""
-    verdicts = {name: consumer_report(name, state, weights, layout) for name in (COMFYUI, FORGE)}
+    verdicts = {name: consumer_report(name, state, weights, layout) for name in FLOW_KEY_RULE_CONSUMERS}
     for name, why in NOT_CHECKED.items():
         verdicts[name] = {"proof": "none", "loads": "not checked", "why": why}
     return verdicts
