@@ -52,6 +52,7 @@ def _steer(input_projection: torch.nn.Module, blocks: list[torch.nn.Linear], see
 def build_tiny_controlnet_flux(directory: Path) -> None:
     from diffusers import FluxControlNetModel
 
+    torch.manual_seed(34)  # any layer not copied or set below: the same folder on every build
     transformer = _transformer("tiny-flux", "FluxTransformer2DModel")
     config = transformer.config
     controlnet = FluxControlNetModel.from_transformer(
@@ -64,6 +65,7 @@ def build_tiny_controlnet_flux(directory: Path) -> None:
 def build_tiny_controlnet_sd3(directory: Path) -> None:
     from diffusers import SD3ControlNetModel
 
+    torch.manual_seed(35)  # any layer not copied or set below: the same folder on every build
     transformer = _transformer("tiny-sd3", "SD3Transformer2DModel")
     config = transformer.config
     # diffusers' from_transformer writes into the transformer's frozen config; the same recipe, spelt out
