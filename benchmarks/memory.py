@@ -60,6 +60,10 @@ MODES = [
     Mode("db-adamw", "DreamBooth, AdamW", {"method": "dreambooth", "optimizer": "adamw"}),
     Mode("db-8bit", "DreamBooth, 8-bit AdamW", {"method": "dreambooth", "optimizer": "adamw8bit"}),
     Mode("ti", "Textual inversion", {"method": "textual_inversion", "num_vectors": 1}),
+    # Issue 20's adapter types at r=4 (opt-in: run_all keeps its budget; results/memory_adapter_types.md):
+    #   python -m benchmarks.memory --name memory_adapter_types --only dora-r4 dora-r4-gc lokr-r4 lokr-r4-gc loha-r4 loha-r4-gc
+    *(Mode(f"{kind}-r4", f"{label} r=4", {"method": "lora", "adapter_type": kind, "lora_rank": 4, "lora_alpha": 4},
+           checkpointing=(), opt_in=(False, True)) for kind, label in (("dora", "DoRA"), ("lokr", "LoKr"), ("loha", "LoHa"))),
     # SDXL without checkpointing is opt-in: 3 more minutes would take run_all past its 15-minute budget.
     Mode("sdxl-lora-r4-bf16", "SDXL LoRA r=4, frozen weights bf16",
          {"method": "lora", "lora_rank": 4, "lora_alpha": 4, "frozen_weights_dtype": "bf16"}, SDXL, (True,), (False,)),

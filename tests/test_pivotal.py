@@ -178,3 +178,30 @@ def test_generate_applies_the_export_folder_and_the_run(pivotal_run, pivotal_exp
     assert np.abs(a - b).max() <= 1
     plain = np.asarray(generator.generate("tiny-sd", request, []).images[0], dtype=float)
     assert np.abs(a - plain).max() > 1
+
+
+def test_playground_applies_lora_and_token(pivotal_run):
+    """The playground's personalised image uses both (it differs from the LoRA alone), and the base image gets
+    the prompt without the token."""
+    import numpy as np
+
+    from studio.playground import Playground, Request, select_runs
+
+    selection = select_runs([pivotal_run])
+    assert selection.tokens == ["<sks>"]
+    request = Request(prompt="a photo of <sks> toy", steps=4, seed=2, width=64, height=64)
+    base, personalised = Playground("cpu").generate([pivotal_run], request)
+    lora_only = _lora_only_image(pivotal_run, request)
+    a = np.asarray(personalised, dtype=float)
+    assert np.abs(a - np.asarray(base, dtype=float)).max() > 1
+    assert np.abs(a - lora_only).max() > 1
+
+
+def _lora_only_image(run_dir, request):  # the image of the run's LoRA file alone
+    import numpy as np
+
+    from studio.generate import GenerationRequest, Generator
+
+    ask = GenerationRequest(prompt=request.prompt, steps=request.steps, seed=request.seed, width=64, height=64)
+    made = Generator("cpu").generate("tiny-sd", ask, [str(run_dir / "adapter" / "pytorch_lora_weights.safetensors")])
+    return np.asarray(made.images[0], dtype=float)
