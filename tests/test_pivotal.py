@@ -205,3 +205,29 @@ def _lora_only_image(run_dir, request):  # the image of the run's LoRA file alon
     ask = GenerationRequest(prompt=request.prompt, steps=request.steps, seed=request.seed, width=64, height=64)
     made = Generator("cpu").generate("tiny-sd", ask, [str(run_dir / "adapter" / "pytorch_lora_weights.safetensors")])
     return np.asarray(made.images[0], dtype=float)
+
+
+def test_evaluation_scores_the_run_with_lora_and_token(pivotal_run, tmp_path, tiny_data_dir):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from studio import runs
+    from studio.evaluation import evaluate_run, validate_report
+
+    directory = tmp_path / "run"
+    shutil.copytree(pivotal_run, directory)
+    report = evaluate_run(directory, prompts=["a {0} {1} on a beach"], images_per_prompt=1, class_images=0, seed=5,
+                          steps=3, guidance=4.0, clip="tiny-clip", dino="tiny-dino")
+    assert validate_report(report) == [] and report["method"] == "pivotal"
+    roles = {i["role"]: i for i in report["images"]}
+    assert roles["personalised"]["prompt"] == "a <sks> toy on a beach" and roles["base"]["prompt"] == "a toy on a beach"
+    pictures = {role: np.asarray(Image.open(directory / "eval" / roles[role]["path"]), dtype=float)
+                for role in ("personalised", "base")}
+    assert np.abs(pictures["personalised"] - pictures["base"]).mean() > 1.0
+    pipe = runs.personalised_pipeline(runs.load_run(directory))  # what evaluation renders with: both applied
+    rows = next(iter(load_file(str(directory / "adapter" / "learned_embeds.safetensors")).values()))
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<sks>")
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], rows[0])
+    assert any("lora_A" in name for name, _ in pipe.unet.named_parameters())
