@@ -199,8 +199,12 @@ def _unsupported(family: str) -> set[str]:
     from studio.families import family_named
 
     model = family_named(family)
-    return {name for name, written in (("kohya", model.supports_kohya_lora), ("single-file", model.supports_single_file))
+    return {name for name, written in (("kohya", model.supports_kohya_lora), ("single-file", _single_file(model)))
             if not written}
+
+
+def _single_file(model) -> bool:
+    return model.supports_single_file or model.name == "flux"  # Flux: BFL's transformer file (flux_single_file)
 
 
 def _check_supported(family: str, formats: list[str]) -> None:
@@ -210,8 +214,8 @@ def _check_supported(family: str, formats: list[str]) -> None:
     if "kohya" in formats and not family_named(family).supports_kohya_lora:
         raise StudioError(f"The kohya/webui LoRA layout is not written for {family} models yet; export --format "
                           "diffusers (ComfyUI and diffusers load it) or peft.")
-    if "single-file" in formats and not family_named(family).supports_single_file:
-        raise StudioError(f"Single-file export supports SD1.x and SDXL models (this run is {family}); "
+    if "single-file" in formats and not _single_file(family_named(family)):
+        raise StudioError(f"Single-file export supports SD1.x, SDXL and Flux models (this run is {family}); "
                           "use --format diffusers.")
 
 
