@@ -9,6 +9,8 @@ FORMAT_NOTES: dict[tuple[str, str], str] = {
     ("lora", "peft"): "adapter folders per model part: PEFT's PeftModel.from_pretrained",
     ("textual_inversion", "diffusers"): "learned_embeds.safetensors: diffusers' load_textual_inversion",
     ("textual_inversion", "a1111"): "an embedding file for AUTOMATIC1111, Forge and ComfyUI (embeddings folder)",
+    ("pivotal", "diffusers"): "the LoRA and its token's learned_embeds.safetensors: load_lora_weights + load_textual_inversion",
+    ("pivotal", "kohya"): "a kohya LoRA and an A1111 embedding, used together: AUTOMATIC1111, Forge, ComfyUI",
     ("dreambooth", "diffusers"): "the whole model as a diffusers folder: DiffusionPipeline.from_pretrained",
     ("dreambooth", "single-file"): "the whole model as one checkpoint file: AUTOMATIC1111, Forge, ComfyUI",
     ("dreambooth", "lora"): "a small LoRA extracted from the fine-tune, in diffusers' and kohya's layouts",
