@@ -231,3 +231,12 @@ def test_evaluation_scores_the_run_with_lora_and_token(pivotal_run, tmp_path, ti
     token_id = pipe.tokenizer.convert_tokens_to_ids("<sks>")
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], rows[0])
     assert any("lora_A" in name for name, _ in pipe.unet.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["pivotal", "tiny-pivotal"])
+def test_recipes_load(name):
+    from studio.config import load_config
+
+    config = load_config(name)
+    assert config.method == "pivotal" and 0 < config.embedding_stop_step < config.steps
+    assert config.embedding_learning_rate > config.learning_rate
