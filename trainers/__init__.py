@@ -44,6 +44,9 @@ def train(
     from accelerate import PartialState
 
     require_working_environment()  # a broken package set stops here, not at step 0
+    from studio.memory_plan import check_before_training
+
+    check_before_training(config)  # on a GPU: refuses a run that will not fit, naming settings that would (issue 17)
 
     run_dir = Path(run_dir)
     # Without a GPU, processes started by `accelerate launch` join a gloo (multi-CPU) group.

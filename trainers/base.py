@@ -27,7 +27,7 @@ from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, be
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
-from trainers import checkpoints, objectives, placement, quantize, trackers
+from trainers import checkpoints, objectives, placement, quantize, t5_cache, trackers
 from trainers.batches import BatchPlan, load_pair, loss_weights, training_size
 from trainers.data import LatentSource
 from trainers.ema import ExponentialAverage
@@ -129,7 +129,8 @@ class Trainer:
 
     def _build_caches(self) -> None:
         config = self.config
-        placement.move_to_device(self.components, self.device, ["vae", *self.family.text_encoder_names])
+        disk_text_cache = config.cache_text_embeddings and not self.method.text_encoder_trains()  # trainers/t5_cache.py
+        placement.move_to_device(self.components, self.device, ["vae"] if disk_text_cache else ["vae", *self.family.text_encoder_names])
         vae = self.components["vae"]
         compute_dtype = frozen_dtype(config)
         pairs = [load_pair(path, mask if config.masked_loss else None, config.resolution, config.aspect_ratio_buckets)
@@ -143,9 +144,8 @@ class Trainer:
                                     random_flip=config.random_flip, device=self.device, dtype=compute_dtype)
         self.prompts = self.plan.prompts
         self.cached_embeddings = None
-        if config.cache_text_embeddings and not self.method.text_encoder_trains():
-            with torch.no_grad():
-                self.cached_embeddings = self.family.encode_prompts(self.components, self.prompts, self.device)
+        if disk_text_cache:
+            self.cached_embeddings = t5_cache.cached_prompt_embeddings(self.base, self.family, self.components, self.prompts, self.device)
         self.sample_prompts = [
             self.method.pipeline_prompt(p) for p in config.sample_prompts or default_sample_prompts(self.subject)
         ]

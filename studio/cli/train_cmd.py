@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="Same as --set allow_pickle=true: allow a pickle (.ckpt/.bin) base or VAE (only from sources you trust).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.add_argument("--plan", action="store_true",
+                        help="Only print the memory plan (predicted GPU peak, whether it fits, settings that would make it fit) and exit.")
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="Plan for a GPU with this much memory (GiB) instead of this machine's.")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         result = trainers.resume(Path(args.resume), listener=progress, show_progress=not args.quiet)
         print(f"Finished: {Path(args.resume) / result['artifact']}")
         return 0
-    if not args.subject or not args.out:
+    if not args.plan and (not args.subject or not args.out):
         raise ConfigError("studio train needs --subject SUBJECT_DIR and --out RUN_DIR (or --resume RUN_DIR).")
     overrides = parse_overrides(args.overrides)
     if args.base:
@@ -47,6 +51,18 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_pickle:
         overrides["allow_pickle"] = True
     config = load_config(args.recipe, overrides)
+    if args.plan or args.gpu_memory is not None:
+        from studio.memory_plan import plan_memory
+
+        try:
+            plan = plan_memory(config, device_gib=args.gpu_memory)
+        except LookupError:
+            print(f"Memory plan: the shape of {config.base} is not known without downloading it; no prediction.")
+            plan = None
+        if plan is not None:
+            print(plan.describe())
+        if args.plan:
+            return 0 if plan is None or plan.fits is not False else 1
     result = trainers.train(config, Path(args.subject), Path(args.out), listener=progress, show_progress=not args.quiet)
     print(f"Finished: {Path(args.out) / result['artifact']}")
     return 0

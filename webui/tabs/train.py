@@ -12,12 +12,17 @@ from studio.errors import StudioError
 from studio.jobs import submit_train
 from studio.jobs.catalog import base_model_choices
 from studio.jobs.estimates import estimate_text
+from studio.memory_plan import check_before_training, plan_markdown
 from webui.context import Context
 from webui.messages import browser_text, for_browser
 from webui.widgets import SettingWidgets, collect, setting_widgets, value_updates, visibility_updates
 
 DEFAULT_RECIPE = "tiny-lora"
 ESTIMATE_INPUTS = ("steps", "base", "method", "resolution", "batch_size")  # what the time estimate depends on
+# what the memory plan depends on (studio/memory_plan.py)
+PLAN_INPUTS = ("base", "method", "resolution", "batch_size", "gradient_checkpointing", "mixed_precision", "frozen_weights_dtype",
+               "base_quantization", "optimizer", "lora_rank", "train_text_encoder", "prior_preservation", "cache_text_embeddings",
+               "cache_latents", "adapter_type")
 NO_RECIPE = "(defaults)"
 
 
@@ -38,6 +43,13 @@ def _recipe_values(recipe: str | None) -> dict:
     return config_to_dict(load_config(None if recipe in (None, "", NO_RECIPE) else recipe))
 
 
+def _memory_text(values: dict) -> str:
+    try:
+        return plan_markdown(load_config(None, values))
+    except (StudioError, TypeError, ValueError):
+        return ""
+
+
 def build(ctx: Context) -> TrainTab:
     recipes = recipe_names()
     initial_recipe = DEFAULT_RECIPE if DEFAULT_RECIPE in recipes else NO_RECIPE
@@ -54,6 +66,7 @@ def build(ctx: Context) -> TrainTab:
                               elem_id="train-recipe-info")
     settings = setting_widgets(values, dynamic_choices={"base": base_model_choices()}, method=values["method"])
     time_estimate = gr.Markdown(estimate_text(ctx.ws, values, int(values["steps"])), elem_id="train-estimate")
+    memory = gr.Markdown(_memory_text(values), elem_id="train-memory-plan")
     start = gr.Button("Start training", variant="primary", elem_id="train-start")
     status = gr.Markdown(elem_id="train-status")
     job_id = gr.Number(visible=False, precision=0, elem_id="train-job-id")
@@ -77,6 +90,7 @@ def build(ctx: Context) -> TrainTab:
                 raise StudioError("Choose a subject first (create one in the Subject tab).")
             overrides = collect(settings, widget_values)
             config = load_config(None if recipe == NO_RECIPE else recipe, overrides)
+            check_before_training(config)  # on a GPU: will it fit? (names the settings that would make it fit)
             job = submit_train(ctx.ws, config, subject, name=name or None, confined=True)
         except StudioError as error:
             return f"**Error:** {for_browser(error)}", None
@@ -89,6 +103,12 @@ def build(ctx: Context) -> TrainTab:
         except (TypeError, ValueError):
             return gr.skip()
 
+    def on_plan(*widget_values):
+        return _memory_text(collect(settings, widget_values))
+
+    for setting in PLAN_INPUTS:
+        if setting in settings.names:
+            settings.widget(setting).change(on_plan, settings.widgets, memory, api_name=False, show_progress="hidden")
     for setting in ESTIMATE_INPUTS:
         settings.widget(setting).change(on_settings, settings.widgets, time_estimate, api_name=False,
                                      show_progress="hidden")
