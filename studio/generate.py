@@ -332,7 +332,9 @@ class Generator:
             extra = {"controlnet": self._controlnet(control_ref, allow_pickle)} if control_ref else {}
             with quiet_loaders():
                 self._tasks = {k: v for k, v in self._tasks.items() if k[1] is None}  # one ControlNet at a time
-                self._tasks[key] = pipeline_class(_family_name(self._pipe), task).from_pipe(self._pipe, **extra)
+                # from_pipe casts the shared components to fp32 unless told the dtype: keep the base's
+                self._tasks[key] = pipeline_class(_family_name(self._pipe), task).from_pipe(
+                    self._pipe, torch_dtype=self.dtype, **extra)
         return self._tasks[key]
 
     def _controlnet(self, ref: str, allow_pickle: bool) -> Any:
@@ -352,7 +354,7 @@ class Generator:
             from studio.families import family_for
 
             img2img_class = family_for(self._pipe).pipeline_classes()[1]
-            self._img2img = img2img_class.from_pipe(self._pipe)
+            self._img2img = img2img_class.from_pipe(self._pipe, torch_dtype=self.dtype)  # not fp32 (from_pipe's default)
         return self._img2img
 
     def clear(self) -> None:

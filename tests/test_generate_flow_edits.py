@@ -168,3 +168,17 @@ def test_flow_recipe_regenerates_the_same_pixels(family, flux_lora, tmp_path):
     assert main(["generate", "--recipe", str(out), "--out", str(again)]) == 0
     assert np.array_equal(_array(Image.open(out).convert("RGB")), _array(Image.open(again).convert("RGB")))
     assert read_recipe(again) == recipe
+
+
+def test_task_pipelines_keep_the_base_dtype(tiny_data_dir, mask):
+    """diffusers' from_pipe casts the shared components to fp32 unless told the dtype: on a GPU (fp16/bf16) the
+    first ControlNet or inpainting image would double the base's memory and stop matching plain generation."""
+    import torch
+
+    generator = Generator(device="cpu", dtype=torch.bfloat16)
+    small = dict(steps=1, width=32, height=32)
+    generator.generate("tiny-flux", _request(**small, control=ControlSpec("tiny-controlnet-flux", _square())))
+    generator.generate("tiny-flux", _request(**small, strength=1.0, init_image=_disc().resize((32, 32)),
+                                             mask=mask.resize((32, 32))))
+    pipe = generator.pipeline("tiny-flux")
+    assert {pipe.transformer.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.bfloat16}
