@@ -93,6 +93,7 @@ class Plan:
     device_gib: float | None
     device: str
     notes: list[str] = field(default_factory=list)
+    sampling_gib: float = 0.0
     suggestions: list[dict[str, Any]] = field(default_factory=list)  # settings that make it fit, with the peak then
 
     @property
@@ -101,7 +102,9 @@ class Plan:
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {value:.2f}" for name, value in self.parts.items() if value >= 0.005)
-        lines = [f"Memory plan ({self.architecture}): predicted peak {self.peak_gib:.1f} GiB on the accelerator ({parts} GiB)."]
+        step = sum(self.parts.values())
+        lines = [f"Memory plan ({self.architecture}): predicted peak {self.peak_gib:.1f} GiB on the accelerator; "
+                 f"training step {step:.1f} GiB ({parts} GiB)."]
         if self.device_gib is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(f"{self.device}: {self.device_gib:.1f} GiB; the run {verdict}.")
@@ -295,6 +298,30 @@ def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[
     return parts, notes
 
 
+def sampling_gib(config, parts: dict[str, float], described, device_type: str = "cuda") -> float:
+    """The peak while samples or validation images render (0 when neither runs): the trainer brings the released
+    text encoders and the VAE back beside the denoiser (``placement.brought_back``); no gradients then."""
+    validation = bool(config.validation and (config.checkpoint_every or config.validation_every))
+    if not (config.sample_every or validation):
+        return 0.0
+    _, inv, encoders, scale = described
+    mixed = config.mixed_precision if device_type == "cuda" else "no"
+    frozen = {"fp32": 4, "bf16": 2, "fp16": 2}.get(config.frozen_weights_dtype, 2 if mixed in ("bf16", "fp16") else 4)
+    held = parts.get("frozen denoiser", 0.0) + parts.get("dequantized layer", 0.0) + parts.get("buffers", 0.0) + parts["trainable weights"]
+    held += parts.get("optimizer state", 0.0)  # stays on the device between steps
+    ref, with_ckpt, _ = ACTIVATIONS[inv["activation_arch"]]
+    forward = 2 * with_ckpt * (config.resolution / ref) ** 2 * scale  # guidance doubles the batch; no saved activations
+    return held + (sum(encoders.values()) * frozen + VAE_PARAMS * 4) / GIB + forward + parts.get("CUDA context and slack", 0.0)
+
+
+def total_gib(config, *, device_type: str = "cuda", described=None) -> tuple[float, dict[str, float], float, list[str]]:
+    """(peak, the training step's parts, the sampling phase's peak, notes)."""
+    described = described or describe_base(config)
+    parts, notes = predict(config, device_type=device_type, described=described)
+    sampling = sampling_gib(config, parts, described, device_type)
+    return max(sum(parts.values()), sampling), parts, sampling, notes
+
+
 def device_memory_gib() -> tuple[str, float] | None:
     """The first CUDA device's name and total memory, or None without one."""
     import torch
@@ -325,6 +352,8 @@ def _candidates(config) -> list[dict[str, Any]]:
         out.append({"base_quantization": "int8"})
     if adapter and quant in ("none", "int8"):
         out.append({"base_quantization": "nf4"})
+    if config.sample_every or (config.validation and (config.checkpoint_every or config.validation_every)):
+        out.append({"sample_every": 0, "validation": False})
     if config.batch_size > 1:
         out.append({"batch_size": 1})
     if config.method == "lora" and config.train_text_encoder:
@@ -341,8 +370,7 @@ def _suggest(config, device_gib: float, device_type: str, described) -> list[dic
     """Settings that bring the peak under ``device_gib``: the first found by adding candidates in order,
     pruned of any it does not need; then each single candidate that fits alone."""
     def peak(changes: dict[str, Any]) -> float:
-        parts, _ = predict(dataclasses.replace(config, **changes), device_type=device_type, described=described)
-        return sum(parts.values())
+        return total_gib(dataclasses.replace(config, **changes), device_type=device_type, described=described)[0]
 
     found: list[dict[str, Any]] = []
     chosen: dict[str, Any] = {}
@@ -368,10 +396,12 @@ def plan_memory(config, *, device_gib: float | None = None, device: str | None =
         if found is not None:
             device, device_gib = found
     described = describe_base(config)
-    parts, notes = predict(config, device_type=device_type, described=described)
-    peak = sum(parts.values())
+    peak, parts, sampling, notes = total_gib(config, device_type=device_type, described=described)
+    if sampling:
+        notes = [*notes, f"Samples and validation images bring the text encoders and VAE back beside the denoiser: "
+                         f"{sampling:.1f} GiB then (sample_every=0 and validation=false avoid it)."]
     plan = Plan(described[0], {k: round(v, 3) for k, v in parts.items()}, peak, device_gib,
-                device or (f"a {device_gib:g} GiB GPU" if device_gib else "no GPU"), notes)
+                device or (f"a {device_gib:g} GiB GPU" if device_gib else "no GPU"), notes, sampling_gib=sampling)
     if plan.fits is False:
         plan.suggestions = _suggest(config, device_gib, device_type, described)  # type: ignore[arg-type]
     return plan
