@@ -7,9 +7,10 @@ loading both into a fresh diffusers pipeline and comparing the image with the ru
   for ``load_lora_weights`` + ``load_textual_inversion`` (and ``studio generate --adapter DIR``).
 * ``kohya``: the kohya/webui LoRA file + an A1111 embedding file (``emb_params``) named for the token.
   A1111 and Forge read the pair from ``models/Lora`` and ``embeddings/``; ComfyUI from ``models/loras`` and
-  ``models/embeddings`` (``embedding:NAME`` in the prompt). Kohya's bundled layout (``bundle_emb.NAME.*``
-  keys inside the LoRA file) is read by A1111's LoRA extension (webui PR #13568) but not by ComfyUI
-  (ComfyUI issue #3659, open), so the pair is written as two files, which every one of them loads.
+  ``models/embeddings`` (``embedding:NAME`` in the prompt). The bundled layout (``bundle_emb.NAME.*`` keys
+  inside the LoRA file) is read with the LoRA by A1111's LoRA extension (webui PR #13568) but not by
+  ComfyUI's LoRA loader (ComfyUI issue #3659, open; its embedding reader takes bundle keys only from a file
+  in ``models/embeddings``), so the pair is written as two files, which every one of them loads.
 """
 
 from __future__ import annotations
