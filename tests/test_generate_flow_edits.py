@@ -5,7 +5,9 @@ What is proven, through the one Generator the CLI, the Python API and the Genera
   SD3.5 ControlNet (StableDiffusion3ControlNetPipeline): the control image changes the output, another
   control image changes it differently, and control strength 0 gives the plain generation's pixels;
 - Flux inpainting (FluxInpaintPipeline, mask blending on the plain model) keeps the outside exactly and
-  the LoRA changes what is painted inside;
+  the LoRA changes what is painted inside; SD3 inpainting (StableDiffusion3InpaintPipeline, which takes only a
+  16-channel transformer: tiny-sd3 with a 16-channel VAE and transformer, built here) blends the start image;
+- task pipelines keep the base's dtype;
 - a ControlNet made for another family is refused before any denoising step;
 - the recipe recorded in each PNG regenerates the same pixels.
 """
@@ -182,3 +184,41 @@ def test_task_pipelines_keep_the_base_dtype(tiny_data_dir, mask):
                                              mask=mask.resize((32, 32))))
     pipe = generator.pipeline("tiny-flux")
     assert {pipe.transformer.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.bfloat16}
+
+
+@pytest.fixture(scope="module")
+def sd3_16_channels(tmp_path_factory, tiny_data_dir):
+    """tiny-sd3 with a 16-channel VAE and transformer (diffusers' SD3 inpainting accepts 16 or 33 channels only)."""
+    import torch
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from studio.models import builtin_path
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(builtin_path("tiny-sd3")))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = SD3Transformer2DModel.from_config({**pipe.transformer.config, "in_channels": 16, "out_channels": 16})
+        vae = AutoencoderKL(latent_channels=16, block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, sample_size=64,
+                            scaling_factor=1.5305, shift_factor=0.0609)
+    with torch.no_grad():  # a posterior without spread, as tiny-sd3's VAE: encoding a start image adds no noise
+        vae.encoder.conv_out.weight[16:] = 0
+        vae.encoder.conv_out.bias[16:] = -20.0
+    folder = tmp_path_factory.mktemp("sd3-16") / "model"
+    StableDiffusion3Pipeline(**(pipe.components | {"transformer": transformer, "vae": vae})).save_pretrained(str(folder))
+    return folder
+
+
+def test_sd3_inpainting_blends_on_the_plain_model(generator, sd3_16_channels, mask):
+    start, base = _disc(), str(sd3_16_channels)
+    raw = generator.generate(base, _request(init_image=start, mask=mask, keep_outside=False))
+    other_start = generator.generate(base, _request(init_image=_square(), mask=mask, keep_outside=False)).images[0]
+    kept = generator.generate(base, _request(init_image=start, mask=mask)).images[0]
+    assert raw.mode == "inpaint" and raw.recipes[0]["strength"] == 1.0
+    # at strength 1 the masked part starts from pure noise: the start image enters only through the blended
+    # outside latents, so another start image with the same seed gives another image
+    assert _differ(raw.images[0], other_start) > 1  # (0 if the start image were ignored)
+    inside = np.asarray(mask) > 0
+    assert outside_difference(kept, start, mask) == 0
+    assert np.array_equal(_array(kept)[inside], _array(raw.images[0])[inside])
+    assert np.abs(_array(kept) - _array(start))[inside].mean() > 10  # the masked part is repainted
