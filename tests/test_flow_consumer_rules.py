@@ -23,33 +23,37 @@ ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q
              "attn.add_v_proj", "attn.to_add_out", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 
 
-def _clip_l():
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _clip_l_config():
+    # imported outside any meta-device block: a module imported inside one keeps meta tensors for good
+    from transformers import CLIPTextConfig
 
     from studio.models import real_arch
 
-    return CLIPTextModel(CLIPTextConfig(**real_arch.CLIP_L14_TEXT))
+    return CLIPTextConfig(**real_arch.CLIP_L14_TEXT)
 
 
 @pytest.fixture(scope="module")
 def flux():
     from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
+    clip_l = _clip_l_config()
     with torch.device("meta"):
-        components = {"transformer": FluxTransformer2DModel(**FLUX_DEV), "text_encoder": _clip_l()}
+        components = {"transformer": FluxTransformer2DModel(**FLUX_DEV), "text_encoder": CLIPTextModel(clip_l)}
     return layout_of(components, FluxFamily()), _shapes(components)
 
 
 @pytest.fixture(scope="module")
 def sd35():
     from diffusers import SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from studio.models import real_arch
 
+    clip_l, clip_g = _clip_l_config(), CLIPTextConfig(**real_arch.OPENCLIP_BIGG14_TEXT)
     with torch.device("meta"):
-        components = {"transformer": SD3Transformer2DModel(**SD35_MEDIUM), "text_encoder": _clip_l(),
-                      "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**real_arch.OPENCLIP_BIGG14_TEXT))}
+        components = {"transformer": SD3Transformer2DModel(**SD35_MEDIUM), "text_encoder": CLIPTextModel(clip_l),
+                      "text_encoder_2": CLIPTextModelWithProjection(clip_g)}
     return layout_of(components, StableDiffusion3Family()), _shapes(components)
 
 
@@ -89,7 +93,7 @@ def test_flux_kohya_file_loads_fully_at_its_strength_in_comfyui_and_forge(flux):
     for name in (COMFYUI, FORGE):
         assert verdicts[name]["loads"] == "all", verdicts[name]
         assert verdicts[name]["strength"] == "as trained"
-    assert verdicts[COMFYUI]["targets_loaded"] == verdicts[COMFYUI]["targets_in_file"] > 19 * 3 + 38 * 2
+    assert verdicts[COMFYUI]["modules_loaded"] == verdicts[COMFYUI]["modules_in_file"] > 19 * 3 + 38 * 2
     assert verdicts["A1111"]["loads"] == "not checked"  # no claim made for the rules not restated
 
 
@@ -136,3 +140,42 @@ def test_sd35_diffusers_file_in_comfyui_and_forge(sd35):
     verdict = consumer_report(COMFYUI, diffusers_lora_state(dual, layout.family), dual, layout)
     assert verdict["loads"] == "partial"
     assert any(".attn2." in key for key in verdict["dropped"])
+
+
+def test_sd35_kohya_file_loads_fully_in_comfyui_and_forge_and_reads_back(sd35):
+    """SAI's MMDiT names with qkv fused, SD3.5 medium's second attention and the swapped last-block and final
+    modulations included: both tools place every name on the whole fused weight, at the trained strength."""
+    layout, shapes = sd35
+    last = f"transformer_blocks.{SD35_MEDIUM['num_layers'] - 1}."
+    weights = _weights(shapes, lambda c, p: (c == "transformer" and (p.endswith(ATTENTION) or p == "norm_out.linear"
+                                                                      or p == last + "norm1_context.linear"))
+                       or (c == "text_encoder_2" and p.endswith("q_proj") and ".layers.0." in p))
+    state = _kohya(weights, layout)
+    assert "lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_down.weight" in state
+    assert "lora_unet_joint_blocks_5_context_block_attn_qkv.lora_up.weight" in state
+    assert "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha" in state
+    for name in (COMFYUI, FORGE):
+        verdict = consumer_report(name, state, weights, layout)
+        assert verdict["loads"] == "all", verdict
+    unswapped = dict(state)
+    key = f"lora_unet_joint_blocks_{SD35_MEDIUM['num_layers'] - 1}_context_block_adaLN_modulation_1.lora_up.weight"
+    unswapped[key] = torch.cat(state[key].chunk(2)[::-1])
+    assert consumer_report(COMFYUI, unswapped, weights, layout)["loads"] == "partial"
+
+
+def test_sd3_kohya_layout_reads_back_every_update_at_tiny_size():
+    from studio.families.sd3_names import kohya_sd3_state, read_kohya_sd3_state
+    from studio.models.tiny_sd3 import tiny_sd3_transformer
+
+    model = tiny_sd3_transformer()
+    paths = [p for p, m in model.named_modules() if isinstance(m, torch.nn.Linear) and p != "pos_embed.proj"]
+    modules = []
+    for i, path in enumerate(paths[::2]):  # every other module: fused groups with members missing too
+        layer = model.get_submodule(path)
+        generator = torch.Generator().manual_seed(i)
+        modules.append(LoraModule("transformer", path, torch.randn(2, layer.in_features, generator=generator),
+                                  torch.randn(layer.out_features, 2, generator=generator), 3.0))
+    family = StableDiffusion3Family()
+    got = read_kohya_sd3_state(kohya_sd3_state(modules, model.config, family.kohya_lora_name), model.config)
+    assert got.keys() == {m.path for m in modules}
+    assert all(torch.allclose(got[m.path], m.delta().double(), atol=1e-5) for m in modules)

@@ -35,11 +35,8 @@ def _checks(result) -> dict[str, str]:
 
 def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_path_factory):
     run = _train(family, "lora", sample_subject, tmp_path_factory, train_text_encoder=True, learning_rate=1e-2)
-    if family == "sd3":  # SAI's fused layout is not written yet: refused by name, and "all" leaves it out
-        with pytest.raises(StudioError, match="kohya"):
-            export_run(run, "kohya", run / "exports" / "kohya")
     result = export_run(run, "all")
-    assert result.formats == (["diffusers", "kohya", "peft"] if family == "flux" else ["diffusers", "peft"])
+    assert result.formats == ["diffusers", "kohya", "peft"]
     checks = _checks(result)
     if family == "flux":  # BFL's names, qkv fused; CLIP-L under lora_te1_
         kohya = load_file(str(result.out_dir / "sks-toy-lora.safetensors"))
@@ -60,6 +57,10 @@ def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_pa
     else:  # tiny-sd3 is 2 blocks of width 64, where ComfyUI sizes MMDiT's qkv as 64 × depth; Forge has no SD3 map
         assert verdicts["pytorch_lora_weights.safetensors"]["ComfyUI"]["loads"] == "partial"
         assert verdicts["pytorch_lora_weights.safetensors"]["Forge"]["loads"] == "refused"
+        # SAI's MMDiT names, qkv fused: both place them on whole weights, whatever the width
+        kohya = load_file(str(result.out_dir / "sks-toy-lora.safetensors"))
+        assert "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight" in kohya
+        assert {verdicts["sks-toy-lora.safetensors"][n]["loads"] for n in ("ComfyUI", "Forge")} == {"all"}
     card = (result.out_dir / "README.md").read_text()
     assert ("flux" if family == "flux" else "sd3") in card.split("---")[1]  # the Hub's family tag
     assert json.loads((result.out_dir / "export.json").read_text())["family"] == family
@@ -105,6 +106,10 @@ def test_dreambooth_exports_a_folder_whose_t5_reloads_unchanged(family, sample_s
         assert entry["path"] == "sks-toy-dreambooth-transformer.safetensors" and "max pixel diff 0.0e+00" in entry["check"]
         assert "double_blocks.0.img_attn.qkv.weight" in load_file(str(single.out_dir / entry["path"]))
         assert entry["consumers"]["ComfyUI"]["loads"] == "refused"  # tiny widths: said so, not claimed
+    svd = export_run(run, "lora", run / "exports" / "svd")  # SVD LoRA: diffusers and the fused kohya layout
+    kohya = next(f for f in svd.files if f["path"].endswith("-lora.safetensors"))
+    assert "read back equal" in kohya["check"]
+    assert {kohya["consumers"][n]["loads"] for n in ("ComfyUI", "Forge")} == {"all"}  # every Linear (SD3: the patch conv)
     result = export_run(run, "diffusers")
     assert "max pixel diff 0.0e+00" in _checks(result)["model_index.json"]
     t5 = "text_encoder_2" if family == "flux" else "text_encoder_3"

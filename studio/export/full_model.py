@@ -114,7 +114,7 @@ def _export_svd(ctx: ExportContext, rank: int) -> None:
     )
     for where, verdicts in summary["consumers"].items():
         for consumer, verdict in verdicts.items():
-            if verdict["loads"] != "all":
+            if verdict["loads"] != "all" and "modules_loaded" in verdict:  # not "not checked"
                 ctx.notes.append(
                     f"{consumer} loads {verdict['modules_loaded']} of the {verdict['modules_in_file']} layers of "
                     f"`{where}` ({verdict['loads']}); the {len(verdict.get('left_out', []))} it leaves out are "

@@ -30,7 +30,8 @@ class StableDiffusion3Family(ModelFamily):
     hub_tags = ("sd3", "sd3-diffusers")
     kohya_base_model_version = "sd3"
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
-    supports_kohya_lora = False  # not written yet: BFL/SAI block names with fused qkv (see docs/flow.md)
+    fused_kohya_layout = True  # SAI's MMDiT names, qkv fused (studio.families.sd3_names)
+    kohya_network_module = "networks.lora_sd3"
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     # diffusers has no SD3 ControlNet img2img pipeline, and its ControlNet inpainting pipeline is for inpainting
     # ControlNets (the masked image is the control), not a control image plus a mask; no instruction-tuned one.
@@ -45,6 +46,18 @@ class StableDiffusion3Family(ModelFamily):
     @classmethod
     def detect_keys(cls, keys: list[str]) -> bool:
         return any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys)
+
+    def kohya_state(self, modules: list, denoiser_config: Any) -> dict[str, torch.Tensor]:
+        """kohya/ComfyUI tensors of LoRA ``modules`` in SAI's MMDiT layout."""
+        from studio.families.sd3_names import kohya_sd3_state
+
+        return kohya_sd3_state(modules, denoiser_config, self.kohya_lora_name)
+
+    def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
+        """The transformer's per-module weight updates a kohya SD3 file holds (diffusers paths)."""
+        from studio.families.sd3_names import read_kohya_sd3_state
+
+        return read_kohya_sd3_state(state, denoiser_config)
 
     def present_text_encoders(self, components: dict[str, Any]) -> tuple[str, ...]:
         return tuple(name for name in self.text_encoder_names if components.get(name) is not None)

@@ -28,7 +28,7 @@ accept (ComfyUI ``comfy/lora.py`` ``model_lora_keys_unet``/``_clip`` with ``comf
   keys it cannot place.
 
 The update each tool would make is compared, target by target, with what the LoRA means (Studio's own
-placement: :mod:`studio.families.flux_names`, or the diffusers module for SD3) on random probe vectors,
+placement: :mod:`studio.families.flux_names`, :mod:`studio.families.sd3_names`) on random probe vectors,
 so real-width layouts cost no full ``[out, in]`` products.
 """
 
@@ -237,13 +237,13 @@ def applied_updates(state: dict[str, torch.Tensor], result: KeyMatch) -> tuple[d
 
 
 def intended_updates(weights: LoraWeights, layout: ModelLayout) -> dict[str, torch.Tensor]:
-    """What the LoRA means, per target, by Studio's own placement (Flux: :mod:`studio.families.flux_names`)."""
+    """What the LoRA means, per target, by Studio's own placement (:mod:`studio.families.flux_names`,
+    :mod:`studio.families.sd3_names`)."""
     denoiser = layout.family.denoiser_name
     effects: dict[str, dict[int, torch.Tensor]] = {}
-    sd3 = sd3_diffusers_slots(layout.unet_config) if layout.family.name == "sd3" else {}
     for module in weights.modules:
         if module.component == denoiser:
-            slot = _studio_slot(module.path, layout, sd3)
+            slot = _studio_slot(module.path, layout)
         else:
             slot = Slot(f"{module.component}:{module_key(module.component, module.path)[1]}")
         down, up = module.down.flatten(1).double(), module.up.flatten(1).double()
@@ -252,7 +252,7 @@ def intended_updates(weights: LoraWeights, layout: ModelLayout) -> dict[str, tor
     return {target: _dense(parts) for target, parts in effects.items()}
 
 
-def _studio_slot(path: str, layout: ModelLayout, sd3: dict[str, Slot]) -> Slot:
+def _studio_slot(path: str, layout: ModelLayout) -> Slot:
     if layout.family.name == "flux":
         from studio.families.flux_names import SWAPPED, group_of, member_sizes
 
@@ -260,9 +260,13 @@ def _studio_slot(path: str, layout: ModelLayout, sd3: dict[str, Slot]) -> Slot:
         sizes = member_sizes(group, layout.unet_config)
         offset = sum(sizes[:index]) if sizes else None
         return Slot(group.name, offset, sizes[index] if sizes else None, path in SWAPPED)
-    if path in sd3:
-        return sd3[path]
-    return Slot(f"transformer:{path}")  # no place in the original layout that ComfyUI names (attn2)
+    from studio.families.sd3_names import place
+
+    name, members, index, swapped = place(path, layout.unet_config)
+    if len(members) == 1:
+        return Slot(name, swap=swapped)
+    width = int(layout.unet_config.num_attention_heads) * int(layout.unet_config.attention_head_dim)
+    return Slot(name, index * width, width, swapped)
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -284,8 +288,9 @@ def consumer_report(consumer: str, state: dict[str, torch.Tensor], weights: Lora
     missing = sorted(set(intended) - set(applied))
     report: dict[str, Any] = {
         "proof": "key rules",
-        "targets_loaded": len(set(applied) & set(intended)) - len(set(wrong) - set(missing)),
-        "targets_in_file": len(intended),
+        "modules_loaded": len(set(applied) & set(intended)) - len(set(wrong) - set(missing)),
+        "modules_in_file": len(intended),
+        "counted": "weights of the original layout (a fused qkv is one)",
         "keys_dropped": len(result.dropped) + len(misfit),
         "strength": "as trained" if not wrong else f"{len(wrong)} weights get another update",
     }
