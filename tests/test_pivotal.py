@@ -255,3 +255,16 @@ def test_multi_vector_token_exports_and_reloads(sample_subject, tmp_path):
     checked = [item for item in out.files if item["format"].startswith("LoRA")]
     assert len(checked) == 2 and all(item["max_abs_diff"] <= item["tolerance"] for item in checked)
     assert all("2 embedding vectors" in item["check"] for item in checked)
+
+
+def test_a_checkpoint_is_viewed_as_a_pivotal_result(pivotal_run):
+    """`--checkpoint 10` (eval, export): the checkpoint's LoRA and rows saved as the run saves its result."""
+    from trainers.checkpoint_view import checkpoint_run
+
+    view = checkpoint_run(pivotal_run, STOP)
+    state = load_checkpoint(pivotal_run / "checkpoints" / f"step-{STOP:06d}").trainable
+    rows = load_file(str(view / "adapter" / "learned_embeds.safetensors"))["<sks>"]
+    assert torch.equal(rows, _rows(state))
+    lora, final = (load_file(str(d / "adapter" / "pytorch_lora_weights.safetensors")) for d in (view, pivotal_run))
+    assert lora.keys() == final.keys() and any(not torch.equal(lora[k], final[k]) for k in lora)
+    assert json.loads((view / "result.json").read_text())["method"] == "pivotal"
