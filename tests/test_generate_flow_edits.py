@@ -222,3 +222,33 @@ def test_sd3_inpainting_blends_on_the_plain_model(generator, sd3_16_channels, ma
     assert outside_difference(kept, start, mask) == 0
     assert np.array_equal(_array(kept)[inside], _array(raw.images[0])[inside])
     assert np.abs(_array(kept) - _array(start))[inside].mean() > 10  # the masked part is repainted
+
+
+def test_an_sd35_style_controlnet_folder_is_taken(generator, tmp_path):
+    """SD3.5's own ControlNets (stabilityai/stable-diffusion-3.5-large-controlnet-*) read no text
+    (joint_attention_dim None) and take the base's patch embedding (use_pos_embed False): a folder of one fits."""
+    import torch
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    from studio.models import builtin_path
+
+    config = SD3Transformer2DModel.load_config(str(builtin_path("tiny-sd3")), subfolder="transformer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        controlnet = SD3ControlNetModel(
+            sample_size=config["sample_size"], patch_size=config["patch_size"], in_channels=config["in_channels"],
+            num_layers=1, attention_head_dim=config["attention_head_dim"], num_attention_heads=config["num_attention_heads"],
+            joint_attention_dim=None, pooled_projection_dim=config["pooled_projection_dim"],
+            out_channels=config["out_channels"], pos_embed_type=None, use_pos_embed=False,
+            force_zeros_for_pooled_projection=True)
+        with torch.no_grad():
+            for block in controlnet.controlnet_blocks:
+                block.weight.normal_(0, 0.05)
+            controlnet.pos_embed_input.proj.weight.normal_(0, 1)
+    controlnet.save_pretrained(str(tmp_path / "sd35-controlnet"))
+    folder = str(tmp_path / "sd35-controlnet")
+    plain = generator.generate("tiny-sd3", _request()).images[0]
+    steered = generator.generate("tiny-sd3", _request(control=ControlSpec(folder, _square()))).images[0]
+    off = generator.generate("tiny-sd3", _request(control=ControlSpec(folder, _square(), strength=0))).images[0]
+    assert _differ(steered, plain) > 1
+    assert np.abs(_array(off) - _array(plain)).max() <= 1
