@@ -225,7 +225,7 @@ def test_sd3_inpainting_blends_on_the_plain_model(generator, sd3_16_channels, ma
 
 
 def test_an_sd35_style_controlnet_folder_is_taken(generator, tmp_path):
-    """SD3.5's own ControlNets (stabilityai/stable-diffusion-3.5-large-controlnet-*) read no text
+    """SD3.5 Large's own ControlNets (Stability AI's 8B blur/canny/depth) read no text
     (joint_attention_dim None) and take the base's patch embedding (use_pos_embed False): a folder of one fits."""
     import torch
     from diffusers import SD3ControlNetModel, SD3Transformer2DModel
