@@ -61,6 +61,15 @@ def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_pa
         kohya = load_file(str(result.out_dir / "sks-toy-lora.safetensors"))
         assert "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight" in kohya
         assert {verdicts["sks-toy-lora.safetensors"][n]["loads"] for n in ("ComfyUI", "Forge")} == {"all"}
+        # diffusers reads nothing from it, silently: export.json says so, and this keeps that claim true
+        from studio.models import load_base
+
+        pipe = load_base(BASES[family]).pipeline
+        before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+        pipe.load_lora_weights(str(result.out_dir / "sks-toy-lora.safetensors"), adapter_name="kohya")
+        pipe.fuse_lora()
+        assert all(torch.equal(v, before[k]) for k, v in pipe.transformer.state_dict().items())
+        assert verdicts["sks-toy-lora.safetensors"]["diffusers"]["loads"] == "none"
     card = (result.out_dir / "README.md").read_text()
     assert ("flux" if family == "flux" else "sd3") in card.split("---")[1]  # the Hub's family tag
     assert json.loads((result.out_dir / "export.json").read_text())["family"] == family

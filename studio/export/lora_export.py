@@ -133,7 +133,9 @@ def _verify_fused_kohya(ctx: ExportContext, path: Path, weights: LoraWeights, la
     consumers[DIFFUSERS] = {"proof": PROOF_OWN_CODE, "loads": "not run on this file",
                             "why": "diffusers' kohya-Flux reader hard-codes FLUX.1's widths; it reads this layout "
                                    "back exactly at those widths in tests/test_flux_kohya.py"} if ctx.family.name == "flux" else {
-        "proof": "none", "loads": "not checked", "why": "diffusers' reading of SD3's kohya layout is not checked here"}
+        "proof": "own code, in tests/test_flow_export.py", "loads": "none",
+        "why": f"diffusers {_version('diffusers')} load_lora_weights finds no SD3 keys in this layout and loads "
+               "nothing, without an error (so does studio generate): use pytorch_lora_weights.safetensors"}
     loaded_by = [name for name in FLOW_KEY_RULE_CONSUMERS if consumers[name]["loads"] == "all"]
     ctx.record(path, f"LoRA ({label})", ", ".join(loaded_by) + " (key rules); Studio's reader",
                f"{layers} LoRA modules read back equal from the original fused layout", layers=layers, layout="kohya",
@@ -215,10 +217,12 @@ def lora_usage(ctx: ExportContext, formats: list[str], where: str, kohya_stem: s
     if "kohya" in formats:
         stem = kohya_stem or ctx.stem
         snippets.append(
-            f"**AUTOMATIC1111 / Forge**: copy `{stem}.safetensors` into `models/Lora/` and write "
+            f"**{'Forge' if is_flow(ctx.family) else 'AUTOMATIC1111 / Forge'}**: copy `{stem}.safetensors` into `models/Lora/` and write "
             f"`<lora:{stem}:1> {prompt}`. **ComfyUI**: copy it into `models/loras/` and add a *LoraLoader* node "
-            f"between the checkpoint loader and the sampler. diffusers also reads it: "
-            f"`pipe.load_lora_weights(\"{folder}/{stem}.safetensors\")`."
+            f"between the checkpoint loader and the sampler. " + (
+                "diffusers does not read this SD3 layout: use `pytorch_lora_weights.safetensors` there."
+                if ctx.family.name == "sd3" else
+                f"diffusers also reads it: `pipe.load_lora_weights(\"{folder}/{stem}.safetensors\")`.")
         )
     if "peft" in formats:
         snippets.append(
