@@ -146,6 +146,7 @@ def test_sd3_control_steers_and_strength_zero_is_plain(generator):
     ("tiny-sd3", "tiny-controlnet-flux", "FluxControlNetModel, made for Flux.1 models; the base is a Stable Diffusion 3.5"),
     ("tiny-flux", "tiny-controlnet", "ControlNetModel, made for .*Stable Diffusion 1.x models; the base is a Flux.1"),
     ("tiny-sd", "tiny-controlnet-flux", "FluxControlNetModel, made for Flux.1 models; the base is a Stable Diffusion 1.x"),
+    ("tiny-sdxl", "tiny-controlnet", "made for another kind of base model \\(cross_attention_dim"),  # same class, other widths
 ])
 def test_a_controlnet_of_another_family_is_refused_before_generating(generator, base, controlnet, message):
     steps: list[int] = []

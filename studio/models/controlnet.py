@@ -90,8 +90,9 @@ def check_fits(controlnet: Any, pipe: Any, ref: str) -> None:
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     mine, theirs = getattr(controlnet, "config", {}), getattr(denoiser, "config", {})
     for key in ("cross_attention_dim", "joint_attention_dim", "addition_embed_type"):
-        # None: the ControlNet does without that input (SD3.5's ControlNets read no text: joint_attention_dim None)
-        if mine.get(key) is not None and key in theirs and mine[key] != theirs[key]:
+        if key == "joint_attention_dim" and mine.get(key) is None:
+            continue  # SD3.5 Large's ControlNets read no text (an SD1.x ControlNet's addition_embed_type None still differs)
+        if key in mine and key in theirs and mine[key] != theirs[key]:
             raise ModelLoadError(
                 f"The ControlNet '{ref}' was made for another kind of base model ({key} {mine[key]}, the base has "
                 f"{theirs[key]}). Choose a ControlNet trained for this base's family."
