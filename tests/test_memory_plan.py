@@ -87,8 +87,7 @@ def test_sized_recipes_fit_their_cards(recipe):
 
 
 def test_sized_recipes_cover_the_targets():
-    assert {"flux-lora-8gb", "flux-lora-12gb", "flux-lora-16gb", "flux-lora-24gb", "sd35-medium-lora-8gb",
-            "sdxl-lora-8gb"} <= set(SIZED)
+    assert {"flux-lora-12gb", "flux-lora-24gb", "sd35-medium-lora-8gb", "sd35-large-lora-12gb", "sdxl-lora-8gb"} <= set(SIZED)
     # the issue's targets: Flux r=16 at 1024 px within 12 GB, SD3.5 medium and SDXL within 8 GB
     assert load_config("flux-lora-12gb", {}).resolution == 1024 and load_config("flux-lora-12gb", {}).lora_rank == 16
 
@@ -169,4 +168,20 @@ def test_train_tab_text_per_card_without_a_gpu(monkeypatch):
     assert "12 GB: no (with base_quantization = nf4, sample_every = 0, validation = false)" in text
     assert "24 GB: no (with base_quantization = nf4)" in text
     text = memory_plan.plan_markdown(load_config("flux-lora", {"base_quantization": "nf4", "sample_every": 0, "validation": False}))
-    assert "12 GB: fits" in text and "8 GB: no (with resolution = 512)" in text
+    assert "12 GB: fits" in text and "8 GB: no;" in text  # Flux does not fit 8 GB even at 512 px: block swapping would
+
+
+@pytest.mark.parametrize("row", [r for r in json.loads((ROOT / "benchmarks" / "results" / "qlora_memory.json").read_text())["rows"]
+                                 if r["quantization"] == "nf4"], ids=lambda r: r["model"])
+def test_prediction_reproduces_the_measured_nf4_peaks(row):
+    """NF4 LoRA r=16 at 1024 px on the H200 (benchmarks/qlora_memory.py, AdamW, checkpointing): within 5 %."""
+    base = {v: k for k, v in memory_plan.HUB_IDS.items()}[row["model"]]
+    config = load_config(None, {"method": "lora", "base": base, "resolution": 1024, "lora_rank": 16, "lora_alpha": 16,
+                                "mixed_precision": "bf16", "optimizer": "adamw", "gradient_checkpointing": True,
+                                "base_quantization": "nf4"})
+    parts, _ = memory_plan.predict(config)
+    assert sum(v for k, v in parts.items() if k != "CUDA context and slack") == pytest.approx(row["peak_gib"], rel=0.05)
+    # the quantized weights themselves: NF4 codes + absmax as counted (within 3 %). (SD3.5's row held 0.9 GiB
+    # more than counted, its positional table among it: not explained yet, hence Flux only.)
+    if row["model"] == "flux-dev":
+        assert parts["frozen denoiser"] + parts["trainable weights"] == pytest.approx(row["weights_gib"], rel=0.03)

@@ -56,6 +56,10 @@ def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.d
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     if bias is not None:
         layer.bias = torch.nn.Parameter(bias.data, requires_grad=False)
+    if kind == "int8" and weight.device.type != "cpu":
+        # Int8Params quantizes only on a move from the CPU: a weight already on the accelerator would stay
+        # in bf16 (measured: Flux's 22 GiB unchanged), so quantize it where it is
+        layer.weight = layer.weight._quantize(device)
     return layer.to(device)  # bitsandbytes quantizes on the move (on the CPU too)
 
 
