@@ -188,6 +188,16 @@ def _load_lora(pipe, source: AdapterSource, adapter_name: str) -> None:
         # peft's A/B per component, keyed as a diffusers LoRA state dict (scale folded into B)
         state = diffusers_lora_state(read_peft_folders(source.path), family_for(pipe))
         pipe.load_lora_weights(state, adapter_name=adapter_name)
+    elif source.format == "kohya" and getattr(pipe, "transformer", None) is not None and \
+            type(pipe.transformer).__name__ == "SD3Transformer2DModel":
+        # diffusers reads no SD3 keys from SAI's fused kohya layout: Studio splits it back itself
+        from safetensors.torch import load_file
+
+        from studio.families import family_for
+        from studio.families.sd3_names import diffusers_state_from_kohya
+
+        state = diffusers_state_from_kohya(load_file(str(source.path)), pipe, family_for(pipe))
+        pipe.load_lora_weights(state, adapter_name=adapter_name)
     else:
         pipe.load_lora_weights(str(source.path), adapter_name=adapter_name, use_safetensors=True)
 

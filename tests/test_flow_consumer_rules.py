@@ -175,7 +175,21 @@ def test_sd3_kohya_layout_reads_back_every_update_at_tiny_size():
         generator = torch.Generator().manual_seed(i)
         modules.append(LoraModule("transformer", path, torch.randn(2, layer.in_features, generator=generator),
                                   torch.randn(layer.out_features, 2, generator=generator), 3.0))
+    assert {"norm_out.linear", f"transformer_blocks.{model.config.num_layers - 1}.norm1_context.linear"} & {
+        m.path for m in modules}  # a swapped modulation is among them
     family = StableDiffusion3Family()
-    got = read_kohya_sd3_state(kohya_sd3_state(modules, model.config, family.kohya_lora_name), model.config)
+    state = kohya_sd3_state(modules, model.config, family.kohya_lora_name)
+    got = read_kohya_sd3_state(state, model.config)
     assert got.keys() == {m.path for m in modules}
     assert all(torch.allclose(got[m.path], m.delta().double(), atol=1e-5) for m in modules)
+    # the same file as diffusers-named factors, for studio generate
+    from types import SimpleNamespace
+
+    from studio.families.sd3_names import diffusers_state_from_kohya
+
+    factors = diffusers_state_from_kohya(state, SimpleNamespace(transformer=model), family)
+    assert {k.removeprefix("transformer.").removesuffix(".lora_A.weight") for k in factors if ".lora_A." in k} == {
+        m.path for m in modules}
+    for m in modules:
+        a, b = factors[f"transformer.{m.path}.lora_A.weight"], factors[f"transformer.{m.path}.lora_B.weight"]
+        assert torch.allclose((b.flatten(1) @ a.flatten(1)).reshape(m.delta().shape), m.delta(), atol=1e-5), m.path

@@ -70,6 +70,20 @@ def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_pa
         pipe.fuse_lora()
         assert all(torch.equal(v, before[k]) for k, v in pipe.transformer.state_dict().items())
         assert verdicts["sks-toy-lora.safetensors"]["diffusers"]["loads"] == "none"
+        # studio generate splits the layout back itself: the same weights as the diffusers file gives
+        from studio.adapters import load_adapter, resolve_adapter
+
+        fused = {}
+        for name in ("sks-toy-lora.safetensors", "pytorch_lora_weights.safetensors"):
+            pipe = load_base(BASES[family]).pipeline
+            load_adapter(pipe, resolve_adapter(result.out_dir / name), "a")
+            pipe.fuse_lora(components=["transformer", "text_encoder", "text_encoder_2"])
+            pipe.unload_lora_weights()  # the fused weights stay, under the modules' own names
+            fused[name] = {c: getattr(pipe, c).state_dict() for c in ("transformer", "text_encoder", "text_encoder_2")}
+        kohya_fused, diffusers_fused = fused.values()
+        assert any(not torch.equal(kohya_fused["transformer"][k], v) for k, v in before.items())
+        for component, tensors in diffusers_fused.items():
+            assert all(torch.allclose(kohya_fused[component][k], v, atol=1e-6) for k, v in tensors.items()), component
     card = (result.out_dir / "README.md").read_text()
     assert ("flux" if family == "flux" else "sd3") in card.split("---")[1]  # the Hub's family tag
     assert json.loads((result.out_dir / "export.json").read_text())["family"] == family

@@ -135,7 +135,7 @@ def _verify_fused_kohya(ctx: ExportContext, path: Path, weights: LoraWeights, la
                                    "back exactly at those widths in tests/test_flux_kohya.py"} if ctx.family.name == "flux" else {
         "proof": "own code, in tests/test_flow_export.py", "loads": "none",
         "why": f"diffusers {_version('diffusers')} load_lora_weights finds no SD3 keys in this layout and loads "
-               "nothing, without an error (so does studio generate): use pytorch_lora_weights.safetensors"}
+               "nothing, without an error: use pytorch_lora_weights.safetensors (studio generate splits this file back itself)"}
     loaded_by = [name for name in FLOW_KEY_RULE_CONSUMERS if consumers[name]["loads"] == "all"]
     ctx.record(path, f"LoRA ({label})", ", ".join(loaded_by) + " (key rules); Studio's reader",
                f"{layers} LoRA modules read back equal from the original fused layout", layers=layers, layout="kohya",
@@ -220,7 +220,8 @@ def lora_usage(ctx: ExportContext, formats: list[str], where: str, kohya_stem: s
             f"**{'Forge' if is_flow(ctx.family) else 'AUTOMATIC1111 / Forge'}**: copy `{stem}.safetensors` into `models/Lora/` and write "
             f"`<lora:{stem}:1> {prompt}`. **ComfyUI**: copy it into `models/loras/` and add a *LoraLoader* node "
             f"between the checkpoint loader and the sampler. " + (
-                "diffusers does not read this SD3 layout: use `pytorch_lora_weights.safetensors` there."
+                "diffusers does not read this SD3 layout: use `pytorch_lora_weights.safetensors` there "
+                "(`studio generate` reads both)."
                 if ctx.family.name == "sd3" else
                 f"diffusers also reads it: `pipe.load_lora_weights(\"{folder}/{stem}.safetensors\")`.")
         )

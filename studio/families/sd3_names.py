@@ -142,3 +142,43 @@ def read_kohya_sd3_state(state: dict[str, torch.Tensor], config: Any) -> dict[st
                 deltas[path] = part
             row += size
     return deltas
+
+
+def diffusers_state_from_kohya(state: dict[str, torch.Tensor], pipe, family) -> dict[str, torch.Tensor]:
+    """A kohya SD3 file as a diffusers LoRA state dict (``transformer.<path>.lora_A/B.weight``, scale folded
+    into B), for loaders that read only diffusers' names: each fused module's members get their own rows of
+    the down factor and their block of the up factor back; text-encoder names are matched against
+    ``pipe``'s modules (``family.kohya_lora_name``)."""
+    config = pipe.transformer.config
+    stems = {f"lora_unet_joint_blocks_{i}_{name.replace('.', '_')}": tuple(f"{PREFIX}{i}.{m}" for m in members)
+             for i in range(int(config.num_layers)) for name, members in GROUPS.items()}
+    stems |= {"lora_unet_" + name.replace(".", "_"): (member,) for name, member in OUTER.items()}
+    for component in ("text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        for path, module in (model.named_modules() if model is not None else []):
+            if isinstance(module, torch.nn.Linear):
+                stems[family.kohya_lora_name(component, path)] = (family.diffusers_lora_key(component, path),)
+    out: dict[str, torch.Tensor] = {}
+    for key, down in state.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        stem = key[: -len(".lora_down.weight")]
+        if stem not in stems:
+            raise StudioError(f"{stem}: not a module of this SD3 model.")
+        up = state[f"{stem}.lora_up.weight"]
+        scale = float(state[f"{stem}.alpha"]) / down.shape[0] if f"{stem}.alpha" in state else 1.0
+        members = stems[stem]
+        rank = down.shape[0] // len(members)
+        sizes = _sizes(members, config) if stem.startswith("lora_unet_") else None
+        row = 0
+        for slot, (path, size) in enumerate(zip(members, sizes or [up.shape[0]], strict=True)):
+            part_up = up[row: row + size, slot * rank: (slot + 1) * rank].float() * scale
+            row += size
+            if not part_up.abs().max() > 0:
+                continue  # a member the LoRA leaves alone
+            if stem.startswith("lora_unet_") and place(path, config)[3]:
+                part_up = _swap(part_up)
+            name = f"transformer.{path}" if stem.startswith("lora_unet_") else path
+            out[f"{name}.lora_A.weight"] = down[slot * rank: (slot + 1) * rank].float().contiguous()
+            out[f"{name}.lora_B.weight"] = part_up.contiguous()
+    return out
