@@ -114,3 +114,14 @@ def test_unsupported_combinations_name_the_setting():
     with pytest.raises(ConfigError, match="adapter_type=lora"):
         check_quantization(tiny_config("lora", base_quantization="int8", adapter_type="dora"))
     check_quantization(tiny_config("lora", base_quantization="nf4"))
+
+
+def test_quantized_run_renders_samples_and_checkpoints(sample_subject, tmp_path):
+    """Samples run the pipeline through the quantized denoiser; checkpoints hold the fp32 adapter only."""
+    trainer = _train("lora", sample_subject, tmp_path / "run", steps=4, base_quantization="nf4", sample_every=2,
+                     sample_steps=2, checkpoint_every=2, validation=False)
+    assert is_quantized(trainer.components["unet"])
+    assert list((tmp_path / "run").glob("samples/step-*/*.png"))
+    saved = [load_file(str(p)) for p in (tmp_path / "run").rglob("trainable.safetensors")]
+    assert saved and all(t.dtype == torch.float32 for state in saved for t in state.values())
+    assert all("lora" in key for state in saved for key in state)

@@ -50,6 +50,9 @@ def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.d
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias is not None,
                                   compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True, device="meta")
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
+        # bitsandbytes 0.50 repacks 4-bit weights for its CPU inference kernel in eval mode (samples), which fails on
+        # layers narrower than one 64-value block (tiny models' time embedding); the plain 4-bit path serves them
+        layer.support_avx512bf16_for_cpu = False
     else:
         layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias is not None,
                                     has_fp16_weights=False, device="meta")
