@@ -44,7 +44,6 @@ ACTIVATIONS = {
 # unquantized run's activations). Not proportional to one layer's dequantized weight (Flux's largest is
 # 0.1 GiB); int8 and the other architectures are not measured: the larger figure stands in for them.
 QUANTIZED_OVERHEAD_GIB = {"flux-dev": 2.26, "sd35-medium": 1.29}
-FAMILY_ARCH = {"flux": "flux-dev", "sd3": "sd35-medium", "sdxl": "sdxl", "sd": "sd15"}
 
 # Published denoisers' shapes (inventory() of the meta-device models; recomputed by the tests):
 # params, params in nn.Linear weights, Linear output rows, the largest Linear weight, and the LoRA
