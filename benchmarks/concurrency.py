@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -36,11 +35,10 @@ CONFIGS = {
 
 
 def step_seconds(run_dir: Path) -> float | None:
-    from trainers.events import read_events
+    from studio.run_events import steady_speed
 
-    speeds = [float(e["it_s"]) for e in read_events(run_dir) if e.get("type") == "step" and e.get("it_s")]
-    speeds = speeds[len(speeds) // 4:]
-    return 1.0 / statistics.median(speeds) if speeds else None
+    speed = steady_speed(run_dir)
+    return 1.0 / speed if speed else None
 
 
 def run_config(name: str, spec: dict, steps: int, subject_dir: Path, work: Path) -> dict:

@@ -52,28 +52,15 @@ def scheduler_config(model: str) -> dict:
     return {"shift": 3.0}
 
 
-def measure(model: str, method: str, checkpointing: bool, device: torch.device, steps: int = 3) -> dict:
-    from peft import LoraConfig
-
-    gib = 2**30
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    denoiser = transformer(model, device=device, dtype=torch.float32 if method == "dreambooth" else torch.bfloat16)
-    if method == "lora":
-        denoiser.requires_grad_(False)
-        denoiser.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian"))
-    if checkpointing:
-        denoiser.enable_gradient_checkpointing()
-    denoiser.train()
-    params = [p for p in denoiser.parameters() if p.requires_grad]
-    weights = torch.cuda.memory_allocated(device)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+def timed_steps(model: str, denoiser, optimizer, device: torch.device, steps: int) -> tuple[list[float], list[float], int]:
+    """``steps`` training steps of the family's objective at RESOLUTION in bf16 autocast: (seconds per step,
+    losses, peak allocated bytes from the second step on, when the allocator has settled)."""
     family = family_of(model)
     objective = family.objective(scheduler_config(model))
     latents = torch.randn(1, 16, RESOLUTION // 8, RESOLUTION // 8, device=device)
     embedding = conditioning(model, device, torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
-    times = []
+    times, losses = [], []
     for step in range(steps):
         if step == 1:
             torch.cuda.synchronize()
@@ -91,14 +78,34 @@ def measure(model: str, method: str, checkpointing: bool, device: torch.device, 
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    peak = torch.cuda.max_memory_allocated(device)
+        losses.append(loss.item())
+    return times, losses, torch.cuda.max_memory_allocated(device)
+
+
+def measure(model: str, method: str, checkpointing: bool, device: torch.device, steps: int = 3) -> dict:
+    from peft import LoraConfig
+
+    gib = 2**30
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    denoiser = transformer(model, device=device, dtype=torch.float32 if method == "dreambooth" else torch.bfloat16)
+    if method == "lora":
+        denoiser.requires_grad_(False)
+        denoiser.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian"))
+    if checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    denoiser.train()
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    weights = torch.cuda.memory_allocated(device)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    times, losses, peak = timed_steps(model, denoiser, optimizer, device, steps)
     trainable = sum(p.numel() for p in params)
     grads_and_state = trainable * 4 * 3  # fp32 gradient (during backward) + two AdamW moments
     row = {
         "model": model, "method": method, "gradient_checkpointing": checkpointing, "resolution": RESOLUTION,
         "batch": 1, "transformer_params": sum(p.numel() for p in denoiser.parameters()), "trainable_params": trainable,
         "weights_gib": weights / gib, "peak_gib": peak / gib, "activations_gib": (peak - weights - grads_and_state) / gib,
-        "step_s": min(times[1:]), "loss": loss.item(),
+        "step_s": min(times[1:]), "loss": losses[-1],
     }
     del denoiser, optimizer, params
     torch.cuda.empty_cache()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.flow_arch import LORA_TARGETS, transformer
-from benchmarks.flow_memory import RESOLUTION, conditioning, family_of, scheduler_config
+from benchmarks.flow_memory import RESOLUTION, timed_steps
 
 CONFIGS = [("flux-dev", "nf4"), ("flux-dev", "int8"), ("sd35-medium", "nf4")]
 HUB = {"flux-dev": "black-forest-labs/FLUX.1-dev", "sd35-medium": "stabilityai/stable-diffusion-3.5-medium",
@@ -64,31 +64,8 @@ def measure(model: str, kind: str, device: torch.device, steps: int = 3) -> dict
         p.data = p.data.float()
     weights = torch.cuda.memory_allocated(device)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    family = family_of(model)
-    objective = family.objective(scheduler_config(model))
-    latents = torch.randn(1, 16, RESOLUTION // 8, RESOLUTION // 8, device=device)
-    embedding = conditioning(model, device, torch.bfloat16)
-    generator = torch.Generator().manual_seed(0)
-    times, losses = [], []
-    for step in range(steps):
-        if step == 1:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        noise = torch.randn_like(latents)
-        t = objective.sample_timesteps(1, generator, device, image_tokens=family.image_tokens(*latents.shape[-2:]))
-        noisy, target = objective.noised(latents, noise, t)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            prediction = family.predict(denoiser, noisy.to(torch.bfloat16), t, embedding, RESOLUTION)
-        loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    peak = torch.cuda.max_memory_allocated(device) / gib
+    times, losses, peak_bytes = timed_steps(model, denoiser, optimizer, device, steps)
+    peak = peak_bytes / gib
     try:
         plan = predicted(model, kind)
     except Exception:  # noqa: BLE001 - the measurement stands without it

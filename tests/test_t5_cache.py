@@ -23,8 +23,9 @@ def _setup_trainer(subject, directory, **overrides) -> Trainer:
 def test_second_run_reads_the_disk_cache(sample_subject, tmp_path, monkeypatch):
     first = _setup_trainer(sample_subject, tmp_path / "one")
     folder = t5_cache.cache_dir() / t5_cache.cache_key(first.base, first.family, "torch.float32")
-    files = sorted(folder.glob("*.safetensors"))
-    assert len(files) == len(set(first.prompts)) > 0
+    files = sorted(t5_cache.prompt_file(folder, prompt) for prompt in set(first.prompts))  # other tests share it
+    assert files and all(path.is_file() for path in files)
+    stamps = {path: path.stat().st_mtime_ns for path in files}
     fresh = first.family.encode_prompts(load_base("tiny-sd").pipeline.components, first.prompts)
     assert torch.allclose(first.cached_embeddings.hidden, fresh.hidden, atol=1e-5)
 
@@ -34,7 +35,7 @@ def test_second_run_reads_the_disk_cache(sample_subject, tmp_path, monkeypatch):
     second = _setup_trainer(sample_subject, tmp_path / "two")
     assert calls == [], "a cached prompt was encoded again"
     assert torch.equal(second.cached_embeddings.hidden, first.cached_embeddings.hidden)
-    assert sorted(folder.glob("*.safetensors")) == files
+    assert {path: path.stat().st_mtime_ns for path in files} == stamps  # read, not written again
 
 
 def test_key_changes_with_dtype_and_family(tmp_path):

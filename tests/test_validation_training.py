@@ -84,7 +84,7 @@ def test_a_checkpoint_opens_as_a_finished_run_with_that_checkpoints_weights(prio
     assert torch.equal(saved[name.removeprefix("unet.")], trained[name])
     with pytest.raises(StudioError, match="no checkpoint at step 15 \\(kept: step-"):
         checkpoint_run(run_dir, 15)
-    with pytest.raises(StudioError, match="best, final or a step"):
+    with pytest.raises(StudioError, match="best, final, a step number"):
         checkpoint_run(run_dir, "latest")
 
 

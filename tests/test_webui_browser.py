@@ -152,7 +152,22 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     # The Jobs tab opens on the new job; watch it move, cancel it (it checkpoints), resume it.
     page.wait_for_selector("#job-progress .job-progress[data-total]", timeout=60_000)
     seen_steps, seen_points, seen_samples, seen_texts = set(), set(), set(), set()
-    cancelled = False
+    # Cancel mid-run: wait for step 2 in the run's own events (cheap, every 20 ms; the page may lag on a busy
+    # machine), then freeze the worker while the click travels, so the cancel lands mid-run on any machine.
+    deadline = time.monotonic() + 300
+    while True:
+        job = ui.ws.store.list(kind="train")[0]
+        if job.state == "running" and job.pid and job_progress(job, ui.ws.logs_dir, log_lines=0).step >= 2:
+            break
+        assert job.state in ("queued", "running") and time.monotonic() < deadline, job.state
+        time.sleep(0.02)
+    os.kill(job.pid, signal.SIGSTOP)
+    try:
+        page.click("#job-cancel")
+        wait_until(lambda job_id=job.id: ui.ws.store.get(job_id).cancel_requested, 30)
+    finally:
+        os.kill(job.pid, signal.SIGCONT)
+    cancelled = True
     state = ""
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
@@ -161,18 +176,6 @@ def test_subject_train_and_watch_progress(browser_page, ui):
         seen_texts.add(page.locator("#job-progress").inner_text())
         seen_points.add(page.locator("#loss-plot [aria-roledescription=point]").count())
         seen_samples.add(page.locator("#job-samples .grid-wrap img").count())
-        job = ui.ws.store.list(kind="train")[0]
-        actual = job_progress(job, ui.ws.logs_dir).step if job.state == "running" and not cancelled else 0
-        if 2 <= actual < STEPS - 10 and not cancelled:
-            # Freeze the worker while the click travels, so the cancel lands mid-run on any machine (the
-            # step is read from the run's events, not from the page, which may lag on a busy machine).
-            os.kill(job.pid, signal.SIGSTOP)
-            try:
-                page.click("#job-cancel")
-                wait_until(lambda job_id=job.id: ui.ws.store.get(job_id).cancel_requested, 30)
-            finally:
-                os.kill(job.pid, signal.SIGCONT)
-            cancelled = True
         if state == "cancelled":
             assert 0 < step < STEPS, step
             page.wait_for_selector("#job-resume:not([disabled])", timeout=30_000)
@@ -412,12 +415,14 @@ def test_generate_paints_a_mask_with_a_controlnet(browser_page, ui):
     page.set_input_files("#gen-control input[type=file]", SAMPLE_IMAGES[1])
     page.locator("#gen-controlnet input[role=combobox]").click()
     page.locator("#gen-controlnet [role=option][aria-label='tiny-controlnet']").click()
+    page.wait_for_timeout(1_000)  # the strokes and the control upload reach the server's state
+    made = ui.ws.root / "generated"
+    before = set(made.glob("*/base-*.png"))  # the Generate test's own request may be there already
     log_step("generate with mask and control")
     page.click("#gen-start")
-    made = ui.ws.root / "generated"
-    wait_until(lambda: len(list(made.glob("*/base-*.png"))) == 1, 180)
+    wait_until(lambda: len(set(made.glob("*/base-*.png")) - before) == 1, 180)
     page.wait_for_selector("#gen-control-seen img", timeout=30_000)
-    folder = next(made.glob("*/base-*.png")).parent
+    folder = next(iter(set(made.glob("*/base-*.png")) - before)).parent
     tuned = next(folder.glob("personalised-*.png"))
     recipe = json.loads(Image.open(tuned).text["parameters"])
     assert recipe["mode"] == "control-inpaint" and recipe["control"]["model"] == "tiny-controlnet"

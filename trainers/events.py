@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from studio.run_events import read_events  # noqa: F401 - re-exported for the trainers
 from studio.run_layout import EVENTS_FILE  # noqa: F401
 from studio.threads import rebalance
 
@@ -36,18 +37,6 @@ class EventLog:
         return event
 
 
-def read_events(run_dir: str | Path) -> list[dict]:
-    """All complete events of a run (a line being written is skipped)."""
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
 
 
 def run_state(events: list[dict]) -> str:

@@ -58,7 +58,7 @@ def _failed_event_reason(job: Job) -> str | None:
     """The reason of a 'failed' event the trainer wrote during this attempt, if any."""
     if job.kind != "train" or not job.run_dir:
         return None
-    from trainers.events import read_events
+    from studio.run_events import read_events
 
     failed = [e for e in read_events(job.run_dir) if e.get("type") == "failed" and e.get("time", 0) >= (job.started or 0)]
     return str(failed[-1].get("reason") or "training failed") if failed else None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 from studio.jobs.db import FINISHED
 from studio.jobs.progress import format_duration
 from studio.jobs.workspace import Workspace
+from studio.run_events import steady_speed
 
 SAME_SHAPE = ("base", "method", "resolution", "batch_size", "prior_preservation", "gradient_checkpointing")
 RECENT_JOBS = 5
@@ -32,13 +32,6 @@ class Estimate:
                 "Other work running at the same time slows it down.")
 
 
-def _run_speed(run_dir: Path) -> float | None:
-    from trainers.events import read_events
-
-    speeds = [float(e["it_s"]) for e in read_events(run_dir) if e.get("type") == "step" and e.get("it_s")]
-    return statistics.median(speeds[len(speeds) // 4:]) if speeds else None  # past the warm-up
-
-
 def estimate(ws: Workspace, config: dict, steps: int) -> Estimate | None:
     """The estimate for a job with ``config`` (a config dict) taking ``steps`` steps, or None if unmeasured."""
     shape = {key: config.get(key) for key in SAME_SHAPE}
@@ -49,7 +42,7 @@ def estimate(ws: Workspace, config: dict, steps: int) -> Estimate | None:
         theirs = job.params.get("config", {})
         if any(theirs.get(key) != value for key, value in shape.items()):
             continue
-        speed = _run_speed(Path(job.run_dir))
+        speed = steady_speed(job.run_dir)
         if speed:
             speeds.append(speed)
             used.append(job.id)

@@ -190,7 +190,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def job_progress(job: Job, logs_dir: Path, *, log_lines: int = LOG_TAIL_LINES) -> JobProgress:
     """Step, loss curve, ETA and samples of a training job (eval/export jobs: state and log)."""
-    from trainers.events import read_events  # imports torch (trainers/__init__); only when needed
+    from studio.run_events import read_events
 
     progress = JobProgress(job=job, log_tail=tail(log_path(job, logs_dir), log_lines))
     progress.work = read_work(progress_path(job.id, logs_dir))

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from studio.run_events import read_events
 from studio.run_layout import EVENTS_FILE, RESULT_FILE  # noqa: F401 - re-exported
 
 VALIDATION_EVENT = "validation"
@@ -30,16 +31,7 @@ def step_dir_name(step: int) -> str:
 
 
 def _events(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
+    return read_events(run_dir)
 
 
 def records_from_events(events: list[dict]) -> list[dict]:

@@ -74,8 +74,14 @@ def consumer_report(result: KeyMatch, weights: LoraWeights, state: dict[str, tor
         if module_norm2 is not None and delta_norm2:
             share = sum(module_norm2.get(m, 0.0) for m in left_out) / delta_norm2
             report["left_out_relative_norm"] = round(share**0.5, 6)
-    if state is not None:
-        wrong = strength_errors(state, result, weights)
+    wrong = strength_errors(state, result, weights) if state is not None else None
+    return with_verdict(report, result, left_out, wrong)
+
+
+def with_verdict(report: dict[str, Any], result, left_out: list, wrong: list[str] | None) -> dict[str, Any]:
+    """Add the strength check (``wrong``: modules at another strength; None when not checked) and the verdict:
+    ``refused``, ``none``, ``partial`` (something left out, dropped or mis-scaled) or ``all``."""
+    if wrong is not None:
         report["strength"] = "as trained" if not wrong else f"{len(wrong)} modules at another strength"
         if wrong:
             report["wrong_strength"] = wrong[:10]
@@ -83,11 +89,11 @@ def consumer_report(result: KeyMatch, weights: LoraWeights, state: dict[str, tor
         report["loads"] = "refused"
     elif not report["modules_loaded"]:
         report["loads"] = "none"
-    elif left_out or result.dropped or report.get("wrong_strength"):
+    elif left_out or result.dropped or wrong:
         report["loads"] = "partial"
     else:
         report["loads"] = "all"
     return report
 
 
-__all__ = ["KEY_RULES", "ModelLayout", "consumer_report", "layout_of", "match_all", "strength_errors"]
+__all__ = ["KEY_RULES", "ModelLayout", "consumer_report", "layout_of", "match_all", "strength_errors", "with_verdict"]

@@ -166,7 +166,7 @@ def lycoris_reports(keys: list[str], layout: ModelLayout, wanted: dict[tuple[str
                     bases: dict[tuple[str, str], torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
     """Every key-rule consumer's verdict on a LyCORIS file: modules it loads, keys it drops, and (with the
     file's tensors and the base weights) whether its arithmetic gives peft's adapted weight."""
-    from studio.export.consumers import PROOF_KEY_RULES
+    from studio.export.consumers import PROOF_KEY_RULES, with_verdict
 
     reports = {}
     for consumer, (rule, weight_of) in CONSUMERS.items():
@@ -180,23 +180,13 @@ def lycoris_reports(keys: list[str], layout: ModelLayout, wanted: dict[tuple[str
             report["refused"] = result.rejected
         if left_out:
             report["left_out"] = [f"{c}.{p}" for c, p in left_out][:10]
-        wrong = []
+        wrong = None
         if state is not None and bases is not None:
+            wrong = []
             for module, (name, algo) in result.modules.items():
                 base = bases[module].double()
                 expected = base + wanted[module].delta(base)
                 if not torch.allclose(weight_of(state, name, algo, base), expected, rtol=1e-4, atol=1e-6):
                     wrong.append(f"{module[0]}.{module[1]}")
-            report["strength"] = "as trained" if not wrong else f"{len(wrong)} modules at another strength"
-            if wrong:
-                report["wrong_strength"] = wrong[:10]
-        if result.rejected:
-            report["loads"] = "refused"
-        elif not report["modules_loaded"]:
-            report["loads"] = "none"
-        elif left_out or result.dropped or wrong:
-            report["loads"] = "partial"
-        else:
-            report["loads"] = "all"
-        reports[consumer] = report
+        reports[consumer] = with_verdict(report, result, left_out, wrong)
     return reports
