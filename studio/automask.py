@@ -13,21 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studio.captioner import model_folder
-from studio.errors import ModelLoadError
+from studio.captioner import load_processor_and_model
 
 
 def load_masker(ref: str) -> Callable[[list[Image.Image], str], list[Image.Image]]:
     """A function from (images, prompt) to greyscale masks the size of each image."""
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-    source, local = model_folder(ref)
-    try:
-        processor = CLIPSegProcessor.from_pretrained(source, local_files_only=local)
-        model = CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=local).eval()
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"Cannot load the segmentation model {ref}: {error}. Give a local folder, or a hub id that "
-                             "is cached (or reachable online).") from None
+    processor, model = load_processor_and_model(ref, CLIPSegProcessor, CLIPSegForImageSegmentation, "segmentation model")
 
     @torch.no_grad()
     def mask(images: list[Image.Image], prompt: str) -> list[Image.Image]:

@@ -34,17 +34,23 @@ def model_folder(ref: str) -> tuple[str, bool]:
     return ref, hub_offline()
 
 
+def load_processor_and_model(ref: str, processor_class, model_class, what: str):
+    """``(processor, model in eval mode)`` of a transformers model ``ref``, or an error naming ``what`` and the fix."""
+    source, local = model_folder(ref)
+    try:
+        processor = processor_class.from_pretrained(source, local_files_only=local)
+        model = model_class.from_pretrained(source, local_files_only=local).eval()
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"Cannot load the {what} {ref}: {error}. Give a local folder, or a hub id that is cached "
+                             "(or reachable online).") from None
+    return processor, model
+
+
 def load_captioner(ref: str, *, max_new_tokens: int = 30) -> Callable[[list[Image.Image]], list[str]]:
     """A function from images to captions, using the image-to-text model ``ref``."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    source, local = model_folder(ref)
-    try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local)
-        model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local).eval()
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"Cannot load the captioner {ref}: {error}. Give a local folder, or a hub id that is cached "
-                             "(or reachable online).") from None
+    processor, model = load_processor_and_model(ref, AutoProcessor, AutoModelForImageTextToText, "captioner")
 
     @torch.no_grad()
     def caption(images: list[Image.Image]) -> list[str]:

@@ -104,7 +104,15 @@ class Plan:
     def fits(self) -> bool | None:
         return None if self.device_gib is None else self.peak_gib <= self.device_gib
 
-    def describe(self) -> str:
+    def describe(self, surface: str = "cli") -> str:
+        """The plan in words; a suggested change reads ``--set key=value`` in the CLI, ``key = value`` in the
+        browser (where webui.messages turns setting names into their controls' labels)."""
+
+        def change(settings: dict) -> str:
+            if surface == "browser":
+                return ", ".join(f"{k} = {_text(v)}" for k, v in settings.items())
+            return " ".join(f"--set {k}={_text(v)}" for k, v in settings.items())
+
         parts = ", ".join(f"{name} {value:.2f}" for name, value in self.parts.items() if value >= 0.005)
         step = sum(self.parts.values())
         lines = [f"Memory plan ({self.architecture}): predicted peak {self.peak_gib:.1f} GiB on the accelerator; "
@@ -115,11 +123,9 @@ class Plan:
         if self.fits is False:
             if self.suggestions:
                 best = self.suggestions[0]
-                sets = " ".join(f"--set {k}={_text(v)}" for k, v in best["settings"].items())
-                lines.append(f"It would fit ({best['peak_gib']:.1f} GiB) with: {sets}")
+                lines.append(f"It would fit ({best['peak_gib']:.1f} GiB) with: {change(best['settings'])}")
                 for other in self.suggestions[1:]:
-                    sets = " ".join(f"--set {k}={_text(v)}" for k, v in other["settings"].items())
-                    lines.append(f"  or ({other['peak_gib']:.1f} GiB): {sets}")
+                    lines.append(f"  or ({other['peak_gib']:.1f} GiB): {change(other['settings'])}")
             else:
                 lines.append("No combination of the settings tried (gradient_checkpointing, mixed_precision, base_quantization, "
                              "optimizer, batch_size, resolution, lora_rank) makes it fit this device.")
@@ -425,8 +431,8 @@ def check_before_training(config) -> Plan | None:
     except (LookupError, OSError, KeyError, ValueError):
         return None
     if plan.fits is False:
-        raise ConfigError(plan.describe() + "\n(Turn the check off with --set memory_check=false, or the Train tab's "
-                          "memory_check box, to try anyway.)")
+        raise ConfigError(plan.describe() + "\n(Turn the check off with --set memory_check=false to try anyway.)",
+                          browser=plan.describe("browser") + "\n(Untick memory_check in the settings to try anyway.)")
     return plan
 
 
@@ -440,7 +446,7 @@ def plan_markdown(config) -> str:
         found = device_memory_gib()
         if found is not None:
             plan = plan_memory(config)
-            text = plan.describe().replace("--set ", "")
+            text = plan.describe("browser")
             return "**Memory plan.** " + text.replace("\n", "  \n")
         plan = plan_memory(config, device_gib=max(CARDS_GIB))
     except (LookupError, OSError, KeyError, ValueError):

@@ -66,6 +66,8 @@ def test_plan_names_settings_that_make_flux_fit_12gb():
     assert first["peak_gib"] <= 12
     text = plan.describe()
     assert "does NOT fit" in text and "--set base_quantization=nf4 --set sample_every=0 --set validation=false" in text
+    browser = plan.describe("browser")  # the Train tab's wording: settings, not flags
+    assert "--" not in browser and "base_quantization = nf4, sample_every = 0, validation = false" in browser
     # applying the suggestion really fits, by the same prediction
     fixed = memory_plan.plan_memory(dataclasses.replace(config, **first["settings"]), device_gib=12)
     assert fixed.fits and fixed.peak_gib == pytest.approx(first["peak_gib"])

@@ -14,6 +14,7 @@ import torch
 
 from studio.environment.check import require_working_environment
 from studio.errors import RunBusyError
+from studio.run_layout import config_path
 from studio.rundir import claimable, discard_run_dir
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
@@ -67,7 +68,7 @@ def train(
         state.wait_for_everyone()
         if failure is not None:
             raise failure
-        if not (run_dir / "config.yaml").exists():
+        if not config_path(run_dir).exists():
             raise TrainingFailed(f"The main process could not create {run_dir}; see its error above.")
         trainer: Trainer | None = None
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from studio.atomic import atomic_dir, write_json
 from studio.errors import StudioError
+from studio.run_layout import config_path
 from studio.validation.history import BEST, BEST_KEY, FINAL, RESULT_FILE, step_dir_name
 from trainers.weights_view import WEIGHT_CHOICES, WEIGHTS_KEY, weights_dir_name
 
@@ -108,7 +109,7 @@ def _write_view(run_dir: Path, checkpoint: Path, view: Path, step: int) -> None:
     method.load_trainable_state({k.removeprefix("ema."): v for k, v in state.ema.items() if k != "ema.updates"}
                                 if use_ema else state.trainable)
     with atomic_dir(view, replace=True) as tmp:
-        shutil.copy2(run_dir / "config.yaml", tmp / "config.yaml")
+        shutil.copy2(config_path(run_dir), config_path(tmp))
         shutil.copytree(run_dir / "subject", tmp / "subject")
         artifact = tmp / method.artifact
         artifact.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.atomic import atomic_dir, write_json
-from studio.run_layout import RESULT_FILE, SUBJECT_DIR
+from studio.run_layout import RESULT_FILE, SUBJECT_DIR, config_path
 
 WEIGHT_CHOICES = ("ema", "raw")
 WEIGHTS_KEY = "weights"  # in result.json: which set a result holds
@@ -31,7 +31,7 @@ def write_other_weights(trainer, result: dict[str, Any]) -> dict[str, str]:
     run_dir: Path = trainer.run_dir
     view = run_dir / weights_dir_name(other)
     with atomic_dir(view, replace=True) as tmp:
-        shutil.copy2(run_dir / "config.yaml", tmp / "config.yaml")
+        shutil.copy2(config_path(run_dir), config_path(tmp))
         shutil.copytree(run_dir / SUBJECT_DIR, tmp / SUBJECT_DIR)
         artifact = tmp / trainer.method.artifact
         artifact.mkdir()

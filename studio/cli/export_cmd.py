@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from studio.export import DEFAULT_RANK, FORMATS_BY_METHOD, export_run
+from studio.run_layout import EXPORTS_DIR
 
 
 def register(subparsers) -> None:
@@ -42,7 +43,7 @@ def run_export(args: argparse.Namespace) -> int:
     if weights != Path(args.run).expanduser().resolve():
         step = weights.parent.name  # checkpoints/step-NNNNNN/run
         print(f"Exporting checkpoint {step} ({args.checkpoint}); pass --checkpoint final for the final result.")
-        out = out or str(Path(args.run) / "exports" / f"{args.formats.replace(',', '-')}-{step}")
+        out = out or str(Path(args.run) / EXPORTS_DIR / f"{args.formats.replace(',', '-')}-{step}")
     result = export_run(
         weights, args.formats, out, force=args.force, rank=args.rank,
         push_to_hub=args.push_to_hub, license=args.license, log=print,

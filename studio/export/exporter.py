@@ -34,6 +34,7 @@ from studio.methods import (
     method_spec,
 )
 from studio.quiet import quiet_loaders
+from studio.run_layout import EXPORTS_DIR
 from studio.runlock import run_lock
 from studio.runs import load_run
 from studio.work_progress import track
@@ -139,7 +140,7 @@ def export_run(
     if isinstance(formats, str) and formats.strip().lower() == "all":  # every format this family's writers have
         chosen = [f for f in chosen if f not in _unsupported(family)]
     _check_supported(family, chosen)
-    out = Path(out_dir).expanduser() if out_dir else run.directory / "exports" / "-".join(chosen)
+    out = Path(out_dir).expanduser() if out_dir else run.directory / EXPORTS_DIR / "-".join(chosen)
     _check_out_dir(out, force, run.directory)
     token = None
     if push_to_hub:

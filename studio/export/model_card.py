@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from studio.methods import method_spec
+from studio.run_layout import eval_report_path
 
 SETTINGS_SHOWN = (
     "base", "resolution", "steps", "batch_size", "learning_rate", "text_encoder_learning_rate", "lr_scheduler",
@@ -23,7 +24,7 @@ def read_eval_scores(run_dir: Path) -> dict[str, Any] | None:
     Read defensively: the report's schema belongs to evaluation and may grow; anything that is not
     a number (or a dict of numbers one level down) is skipped, a broken file yields ``None``.
     """
-    path = Path(run_dir) / "eval" / "report.json"
+    path = eval_report_path(run_dir)
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):

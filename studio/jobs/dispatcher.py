@@ -22,6 +22,7 @@ from studio.jobs.progress import log_path, tail
 from studio.jobs.service import CANCEL_FILE
 from studio.jobs.workspace import Workspace
 from studio.processes import process_alive
+from studio.run_layout import config_path
 
 LOG = logging.getLogger(__name__)
 CANCEL_GRACE_S = 5.0
@@ -126,7 +127,7 @@ def enforce_cancellations(ws: Workspace, sent: dict[int, int], grace_s: float = 
             continue
         waited = now - job.cancel_requested
         run = Path(job.run_dir)
-        flag_pending = (run / CANCEL_FILE).exists() or not (run / "config.yaml").exists()
+        flag_pending = (run / CANCEL_FILE).exists() or not config_path(run).exists()
         if waited >= KILL_AFTER_S:
             sig = signal.SIGKILL
         elif job.kind != "train" or (flag_pending and waited >= grace_s):

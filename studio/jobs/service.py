@@ -18,10 +18,9 @@ from studio.errors import StudioError
 from studio.jobs.db import CANCELLED, FINISHED, QUEUED, RESUMABLE_STATES, RUNNING, Job
 from studio.jobs.workspace import Workspace
 from studio.names import safe_name
-from studio.run_layout import CANCEL_FILE, RESULT_FILE  # noqa: F401
+from studio.run_layout import CANCEL_FILE, EXPORTS_DIR, RESULT_FILE, config_path  # noqa: F401
 from studio.settings import TrainConfig
 
-EXPORTS_DIR = "exports"
 DEVICE_ENV = "STUDIO_DEVICE"
 
 
@@ -147,7 +146,7 @@ def cancel(ws: Workspace, job_id: int) -> Job:
     job = ws.store.get(job_id)
     if job.state != RUNNING:
         raise StudioError(f"Job #{job.id} is {job.state}; only queued or running jobs can be cancelled.")
-    if job.kind == "train" and (Path(job.run_dir) / "config.yaml").is_file():  # else the trainer has not begun
+    if job.kind == "train" and config_path(job.run_dir).is_file():  # else the trainer has not begun
         (Path(job.run_dir) / CANCEL_FILE).touch()
     return ws.store.update(job.id, cancel_requested=job.cancel_requested or time.time())
 
@@ -160,7 +159,7 @@ def resume(ws: Workspace, job_id: int) -> Job:
         raise StudioError(
             f"Job #{job.id} is {job.state}; only {', '.join(RESUMABLE_STATES)} jobs can be resumed.{hint}"
         )
-    started_before = job.kind == "train" and (Path(job.run_dir) / "config.yaml").is_file()
+    started_before = job.kind == "train" and config_path(job.run_dir).is_file()
     if job.kind == "train" and not started_before and Path(job.run_dir).exists() and any(Path(job.run_dir).iterdir()):
         raise StudioError(f"{job.run_dir} exists but holds no config.yaml, so it cannot be resumed; submit a new job.")
     if job.run_dir:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.run_events import read_events
-from studio.run_layout import EVENTS_FILE, RESULT_FILE  # noqa: F401 - re-exported
+from studio.run_layout import CHECKPOINTS_DIR, EVENTS_FILE, RESULT_FILE  # noqa: F401 - re-exported
 
 VALIDATION_EVENT = "validation"
 OVERFITTING_EVENT = "overfitting"
@@ -114,7 +114,7 @@ def checkpoint_choices(run_dir: str | Path) -> list[tuple[str, str]]:
     else:
         choices = [("best: the final result (no validation recorded)", BEST)]
     choices.append(("final result", FINAL))
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     steps = sorted(int(p.name.removeprefix("step-")) for p in root.glob("step-*") if p.name[5:].isdigit()) \
         if root.is_dir() else []
     return choices + [(f"checkpoint step {step}", str(step)) for step in steps]

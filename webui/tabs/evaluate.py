@@ -28,6 +28,7 @@ from studio.jobs.reports import (
     read_report,
 )
 from studio.models.notes import base_model_note
+from studio.run_layout import EVAL_DIR, eval_report_path
 from studio.sampling import STEPS
 from studio.validation.history import BEST
 from webui import checkpoint_picker
@@ -60,7 +61,7 @@ def _metric_plot(rows, metric: str) -> gr.BarPlot:
 def finished_images(run_dir: str | Path, limit: int = 24) -> list[tuple[str, str]]:
     """The images of the run's last evaluation (personalised first), as the gallery shows them."""
     report = read_report(run_dir) or {}
-    folder = Path(run_dir) / "eval"
+    folder = Path(run_dir) / EVAL_DIR
     found = [(str(folder / item["path"]), f"{item.get('role', '')} s{item.get('seed', '')}")
              for item in report.get("images", []) if isinstance(item, dict) and (folder / str(item.get("path"))).is_file()]
     return found[:limit]
@@ -136,7 +137,7 @@ def build(ctx: Context) -> EvaluateTab:
         except (StudioError, ValueError):
             return gr.skip(), "", *unchanged[2:], seen
         evals = jobs_of_run(ctx.ws, train_job.id, "eval")
-        report_path = Path(train_job.run_dir) / "eval" / "report.json"
+        report_path = eval_report_path(train_job.run_dir)
         stamp = report_path.stat().st_mtime if report_path.is_file() else None
         rows = comparison(ctx.ws, train_job) if stamp else []
         latest = evals[0] if evals else None

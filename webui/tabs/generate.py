@@ -18,6 +18,7 @@ from studio.generation_images import save_image
 from studio.models import builtins
 from studio.models.notes import base_model_note
 from studio.playground import Request
+from studio.run_layout import result_path
 from studio.sampling import (
     CANNY_HIGH,
     CANNY_LOW,
@@ -141,7 +142,7 @@ def build(ctx: Context) -> GenerateTab:
             return gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
         job = ctx.ws.store.get(int(chosen[0]))
         try:
-            result = json.loads((Path(job.run_dir) / "result.json").read_text())
+            result = json.loads(result_path(job.run_dir).read_text())
         except (OSError, ValueError):
             return gr.skip(), gr.skip(), gr.skip(), gr.update(visible=False)
         side = int(job.params.get("config", {}).get("resolution") or DEFAULT_SIDE)
