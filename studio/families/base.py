@@ -103,6 +103,9 @@ class ModelFamily(ABC):
     # Its ControlNet pipeline samples the control image's VAE latents from torch's global RNG, not the seed's
     # generator (diffusers' SD3): Studio renders one image per call with that RNG seeded from the image's seed.
     control_uses_global_rng: bool = False
+    # The denoiser's repeated transformer blocks, as the attribute names of its ModuleLists in forward order
+    # (block swapping, trainers/block_swap.py, keeps some of them on the CPU); empty: nothing to swap.
+    swappable_block_lists: tuple[str, ...] = ()
 
     def kohya_lora_name(self, component: str, path: str, unet_config: Any = None) -> str:
         """A module's name in a kohya/webui LoRA file: prefix + the module path with ``_`` for ``.``.
@@ -129,6 +132,10 @@ class ModelFamily(ABC):
     def component_names(self) -> tuple[str, ...]:
         """The pipeline components training and export use (safety checkers and the like are not)."""
         return (self.denoiser_name, "vae", *self.text_encoder_names, *self.tokenizer_names, "scheduler")
+
+    def swappable_blocks(self, denoiser: Any) -> list[Any]:
+        """The denoiser's swappable blocks in the order its forward runs them (see ``swappable_block_lists``)."""
+        return [block for name in self.swappable_block_lists for block in getattr(denoiser, name)]
 
     @property
     def weighted_component_names(self) -> tuple[str, ...]:

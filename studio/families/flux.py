@@ -44,6 +44,7 @@ class FluxFamily(ModelFamily):
     task_pipelines = {"inpaint": "FluxInpaintPipeline", "control": "FluxControlNetPipeline",
                       "control-img2img": "FluxControlNetImg2ImgPipeline", "control-inpaint": "FluxControlNetInpaintPipeline"}
     controlnet_classes = ("FluxControlNetModel",)
+    swappable_block_lists = ("transformer_blocks", "single_transformer_blocks")  # 19 double, then 38 single (dev)
 
     @classmethod
     def detect(cls, components: dict[str, Any]) -> bool:
