@@ -63,6 +63,20 @@ def clip_rooted_path(path: str) -> str:
     return CLIP_ROOT + path
 
 
+@dataclass(frozen=True)
+class FusedPlace:
+    """Where a denoiser module lands in a fused kohya layout (Flux's BFL names, SD3's MMDiT names): the
+    original module ``name``, the diffusers ``members`` fused there (output order), this module's ``slot``
+    among them, each member's output rows (``sizes``; None: one member) and whether the original holds
+    its output halves swapped."""
+
+    name: str
+    members: tuple[str, ...]
+    slot: int
+    sizes: tuple[int, ...] | None
+    swapped: bool
+
+
 def clip_rootless_path(path: str) -> str:
     """The same path as transformers 5's ``CLIPTextModel`` names it (no ``text_model.`` root)."""
     return path.removeprefix(CLIP_ROOT)
@@ -120,6 +134,10 @@ class ModelFamily(ABC):
         if component != self.denoiser_name:
             path = clip_rooted_path(path)
         return self.kohya_prefixes[component] + path.replace(".", "_")
+
+    def kohya_place(self, path: str, denoiser_config: Any) -> FusedPlace:
+        """A denoiser module's place in a fused kohya layout (families with ``fused_kohya_layout``)."""
+        raise NotImplementedError(f"{self.name} has no fused kohya layout")
 
     def diffusers_lora_key(self, component: str, path: str) -> str:
         """A module's key stem in a diffusers LoRA file, as ``save_lora_weights`` writes it under

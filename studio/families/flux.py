@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from studio.families.base import ModelFamily, PromptEmbedding, is_instance_named
+from studio.families.base import FusedPlace, ModelFamily, PromptEmbedding, is_instance_named
 from studio.families.objective import FlowMatchingObjective, FlowSampling
 
 TRAINING_GUIDANCE = 3.5
@@ -130,6 +130,14 @@ class FluxFamily(ModelFamily):
         from studio.families.flux_names import kohya_flux_state
 
         return kohya_flux_state(modules, denoiser_config, self.kohya_lora_name)
+
+    def kohya_place(self, path: str, denoiser_config: Any) -> FusedPlace:
+        """BFL's module for a diffusers transformer module (qkv and linear1 fused)."""
+        from studio.families.flux_names import SWAPPED, group_of, member_sizes
+
+        group, slot = group_of(path)
+        sizes = member_sizes(group, denoiser_config)
+        return FusedPlace(group.name, group.members, slot, tuple(sizes) if sizes else None, path in SWAPPED)
 
     def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
         """The transformer's per-module weight updates a kohya Flux file holds (diffusers paths)."""

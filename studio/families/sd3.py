@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from studio.families.base import ModelFamily, PromptEmbedding, is_instance_named
+from studio.families.base import FusedPlace, ModelFamily, PromptEmbedding, is_instance_named
 from studio.families.objective import FlowMatchingObjective, FlowSampling
 
 T5_SEQUENCE_LENGTH = 256  # the pipeline's default max_sequence_length
@@ -53,6 +53,14 @@ class StableDiffusion3Family(ModelFamily):
         from studio.families.sd3_names import kohya_sd3_state
 
         return kohya_sd3_state(modules, denoiser_config, self.kohya_lora_name)
+
+    def kohya_place(self, path: str, denoiser_config: Any) -> FusedPlace:
+        """SAI's MMDiT module for a diffusers transformer module (qkv fused)."""
+        from studio.families.sd3_names import _sizes, place
+
+        name, members, slot, swapped = place(path, denoiser_config)
+        sizes = _sizes(members, denoiser_config)
+        return FusedPlace(name, members, slot, tuple(sizes) if sizes else None, swapped)
 
     def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
         """The transformer's per-module weight updates a kohya SD3 file holds (diffusers paths)."""
