@@ -27,7 +27,7 @@ from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, be
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
-from trainers import checkpoints, objectives, placement, quantize, t5_cache, trackers
+from trainers import block_swap, checkpoints, objectives, placement, quantize, t5_cache, trackers
 from trainers.batches import BatchPlan, load_pair, loss_weights, training_size
 from trainers.data import LatentSource
 from trainers.ema import ExponentialAverage
@@ -112,8 +112,11 @@ class Trainer:
         self._set_dtypes_and_modes()
         self._build_caches()  # staged placement: see trainers/placement.py
         self._release_unneeded()
-        quantize.quantize_frozen_base(self)  # base_quantization (QLoRA): trainers/quantize.py
-        placement.move_to_device(self.components, self.device, skip=self.released)
+        def quantize_and_place() -> None:
+            quantize.quantize_frozen_base(self)  # base_quantization (QLoRA): trainers/quantize.py
+            placement.move_to_device(self.components, self.device, skip=self.released)
+
+        self.swapper = block_swap.place_with_swapping(self, quantize_and_place)  # blocks_to_swap: trainers/block_swap.py
         self._build_optimizer()
         self.validator = Validator(self)
 
@@ -166,7 +169,9 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer)
         trainable = self.method.trainable_modules()
         names = list(trainable)
-        prepared = self.accelerator.prepare(*trainable.values(), self.optimizer)
+        # with block swapping the swapped blocks' frozen weights stay on the CPU: Accelerate must not move the model
+        placed = [self.swapper is None or name != self.family.denoiser_name for name in names]
+        prepared = self.accelerator.prepare(*trainable.values(), self.optimizer, device_placement=[*placed, True])
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.models = dict(zip(names, prepared[:-1], strict=True))
         self.optimizer = prepared[-1]

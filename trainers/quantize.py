@@ -1,10 +1,11 @@
 """Quantized frozen base (QLoRA): the denoiser's frozen Linear weights held in int8 or NF4 (bitsandbytes).
 
-Setting ``base_quantization`` (none, int8, nf4), for LoRA and textual inversion. What changes and what does not:
+Setting ``base_quantization`` (none, int8, nf4, fp8), for LoRA and textual inversion. What changes and what does not:
 
 - Every ``nn.Linear`` of the frozen denoiser becomes a bitsandbytes layer (``Linear8bitLt`` without
-  fp16 weights, or ``Linear4bit`` with NF4 codes and double-quantized absmax) holding the same weights
-  quantized. Inside a LoRA layer the quantized layer replaces peft's ``base_layer``; the adapter's
+  fp16 weights, or ``Linear4bit`` with NF4 codes and double-quantized absmax), or for fp8 a
+  :class:`trainers.fp8.Float8Linear` (torch's float8_e4m3fn, upcast one layer at a time), holding the
+  same weights quantized. Inside a LoRA layer the quantized layer replaces peft's ``base_layer``; the adapter's
   ``lora_A``/``lora_B`` are untouched: fp32, trained by the same optimizer in fp32.
 - Quantization happens after the caches are built and the encoders released, one layer at a time as
   it goes to the training device (``Trainer._setup``): the device never holds the full-precision
@@ -23,7 +24,7 @@ import torch
 
 from studio.errors import ConfigError
 
-KINDS = ("int8", "nf4")
+KINDS = ("int8", "nf4", "fp8")
 
 
 def check_quantization(config) -> None:
@@ -42,6 +43,10 @@ def check_quantization(config) -> None:
 
 
 def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.dtype, device: torch.device):
+    if kind == "fp8":
+        from trainers.fp8 import Float8Linear
+
+        return Float8Linear(linear, compute_dtype).to(device)
     import bitsandbytes as bnb
 
     weight = linear.weight.data
@@ -86,20 +91,30 @@ def quantize_module(module: torch.nn.Module, kind: str, *, compute_dtype: torch.
     return count
 
 
-def quantize_frozen_base(trainer) -> None:
-    """The trainer's hook: quantize its denoiser onto the training device when ``base_quantization`` asks."""
-    config = trainer.config
-    kind = getattr(config, "base_quantization", "none")
-    if kind == "none":
-        return
+def _compute_dtype(trainer) -> torch.dtype:
     from trainers.placement import frozen_dtype
 
+    return frozen_dtype(trainer.config) if trainer.device.type == "cuda" else torch.float32
+
+
+def quantize_frozen_base(trainer) -> None:
+    """The trainer's hook: quantize its denoiser onto the training device when ``base_quantization`` asks."""
+    kind = getattr(trainer.config, "base_quantization", "none")
+    if kind == "none":
+        return
     denoiser = trainer.components[trainer.family.denoiser_name]
-    compute = frozen_dtype(config) if trainer.device.type == "cuda" else torch.float32
-    trainer.quantized_layers = quantize_module(denoiser, kind, compute_dtype=compute, device=trainer.device)
+    trainer.quantized_layers = quantize_module(denoiser, kind, compute_dtype=_compute_dtype(trainer), device=trainer.device)
+
+
+def quantize_block(trainer, block: torch.nn.Module, kind: str) -> None:
+    """Quantize one block on the training device (block swapping parks it on the CPU afterwards)."""
+    count = quantize_module(block, kind, compute_dtype=_compute_dtype(trainer), device=trainer.device)
+    trainer.quantized_layers = getattr(trainer, "quantized_layers", 0) + count
 
 
 def is_quantized(module: torch.nn.Module) -> bool:
     import bitsandbytes as bnb
 
-    return any(isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt) for m in module.modules())
+    from trainers.fp8 import Float8Linear
+
+    return any(isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt | Float8Linear) for m in module.modules())
