@@ -81,6 +81,9 @@ class AdapterTypeSpec:
     which diffusers' ``load_lora_weights`` reads: LoRA and DoRA) or ``peft`` (``adapter/peft/<component>/``
     adapter folders, which peft reads: LoKr and LoHa, which diffusers' SD loaders do not). ``kohya_algo``
     names the LyCORIS algorithm in a kohya-layout file's ``ss_network_args`` (None: kohya's plain LoRA).
+    ``stacks`` says whether adapters of this type on modules stacked on the output axis (Flux's and SD3's
+    fused qkv) are again one adapter of the type: LoRA/DoRA (block-diagonal ups) and LoHa (a row-wise
+    product) are; LoKr (a Kronecker product) is not, so it has no file in those families' fused layout.
     """
 
     name: str
@@ -90,6 +93,7 @@ class AdapterTypeSpec:
     run_layout: str  # "diffusers" | "peft"
     export_formats: tuple[str, ...]
     kohya_algo: str | None = None
+    stacks: bool = True
 
 
 ADAPTER_TYPES: dict[str, AdapterTypeSpec] = {
@@ -97,7 +101,7 @@ ADAPTER_TYPES: dict[str, AdapterTypeSpec] = {
     for spec in (
         AdapterTypeSpec("lora", "LoRA", "LORA", "lora", "diffusers", ("diffusers", "kohya", "peft")),
         AdapterTypeSpec("dora", "DoRA", "LORA", "dora", "diffusers", ("diffusers", "kohya", "peft"), "dora"),
-        AdapterTypeSpec("lokr", "LoKr", "LOKR", "lokr", "peft", ("peft", "kohya"), "lokr"),
+        AdapterTypeSpec("lokr", "LoKr", "LOKR", "lokr", "peft", ("peft", "kohya"), "lokr", stacks=False),
         AdapterTypeSpec("loha", "LoHa", "LOHA", "loha", "peft", ("peft", "kohya"), "loha"),
     )
 }
