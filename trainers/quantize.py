@@ -40,6 +40,9 @@ def check_quantization(config) -> None:
                           f"weight itself); set adapter_type=lora or base_quantization=none.")
     if config.torch_compile:
         raise ConfigError(f"base_quantization={kind} does not combine with torch_compile; set torch_compile=false.")
+    if kind == "fp8" and not hasattr(torch, "float8_e4m3fn"):
+        raise ConfigError(f"base_quantization=fp8 needs torch 2.1 or later (this is {torch.__version__}); "
+                          "use base_quantization=nf4 or int8.")
 
 
 def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.dtype, device: torch.device):
