@@ -11,7 +11,6 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 import trainers
-from studio.errors import StudioError
 from studio.export.exporter import export_run
 
 BASES = {"flux": "tiny-flux", "sd3": "tiny-sd3"}
@@ -120,9 +119,15 @@ def test_evaluation_scores_a_run(family, sample_subject, tmp_path_factory):
 
 def test_dreambooth_exports_a_folder_whose_t5_reloads_unchanged(family, sample_subject, tmp_path_factory):
     run = _train(family, "dreambooth", sample_subject, tmp_path_factory, learning_rate=1e-3)
-    if family == "sd3":
-        with pytest.raises(StudioError, match="Single-file"):
-            export_run(run, "single-file", run / "exports" / "sf")
+    if family == "sd3":  # SAI's all-in-one file, read back by diffusers' own from_single_file
+        single = export_run(run, "single-file", run / "exports" / "sf")
+        entry = single.files[0]
+        assert entry["path"] == "sks-toy-dreambooth.safetensors" and "max pixel diff 0.0e+00" in entry["check"]
+        keys = load_file(str(single.out_dir / entry["path"]))
+        assert {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "first_stage_model.decoder.conv_in.weight",
+                "text_encoders.clip_g.transformer.text_projection.weight", "text_encoders.t5xxl.transformer.shared.weight"} <= set(keys)
+        assert entry["consumers"]["diffusers from_single_file"]["loads"] == "all"
+        assert entry["consumers"]["ComfyUI"]["loads"] == "refused" and "64 · depth" in entry["consumers"]["ComfyUI"]["why"]
     else:  # BFL's transformer file, read back by the inverse conversion; ComfyUI would build FLUX.1's widths
         single = export_run(run, "single-file", run / "exports" / "sf")
         entry = single.files[0]

@@ -205,7 +205,7 @@ def _unsupported(family: str) -> set[str]:
 
 
 def _single_file(model) -> bool:
-    return model.supports_single_file or model.name == "flux"  # Flux: BFL's transformer file (flux_single_file)
+    return model.supports_single_file or model.single_file_writer is not None  # Flux: BFL's transformer file
 
 
 def _check_supported(family: str, formats: list[str]) -> None:
@@ -216,7 +216,7 @@ def _check_supported(family: str, formats: list[str]) -> None:
         raise StudioError(f"The kohya/webui LoRA layout is not written for {family} models yet; export --format "
                           "diffusers (ComfyUI and diffusers load it) or peft.")
     if "single-file" in formats and not _single_file(family_named(family)):
-        raise StudioError(f"Single-file export supports SD1.x, SDXL and Flux models (this run is {family}); "
+        raise StudioError(f"Single-file export supports SD1.x, SDXL, SD3 and Flux models (this run is {family}); "
                           "use --format diffusers.")
 
 

@@ -171,6 +171,9 @@ def export_flux_single_file(ctx) -> None:
                tensors=len(written), max_abs_diff=difference, tolerance=IMAGE_TOLERANCE, consumers=consumers)
 
 
+export_single_file = export_flux_single_file  # the family's single_file_writer entry point
+
+
 def _differs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() != sb.keys() or any(not torch.equal(sa[k], sb[k]) for k in sa)
@@ -183,4 +186,5 @@ def usage(stem: str) -> str:
             "base model's `clip_l`, `t5xxl` and `ae` as VAE / Text Encoder.")
 
 
-__all__ = ["FORMAT", "comfyui_flux_checkpoint", "diffusers_transformer_state", "export_flux_single_file", "usage"]
+__all__ = ["FORMAT", "comfyui_flux_checkpoint", "diffusers_transformer_state", "export_flux_single_file",
+           "export_single_file", "usage"]

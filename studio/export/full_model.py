@@ -8,6 +8,7 @@ run's own model folder as the offline ``config``.
 from __future__ import annotations
 
 import shutil
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -29,10 +30,8 @@ def export_dreambooth_run(ctx: ExportContext, formats: list[str], rank: int) -> 
         shutil.copytree(model_dir, ctx.out, dirs_exist_ok=True)
         make_portable(ctx.out, ctx.family)
         _verify_folder(ctx, ctx.out)
-    if "single-file" in formats and ctx.family.name == "flux":  # BFL's transformer file (studio.export.flux_single_file)
-        from studio.export.flux_single_file import export_flux_single_file
-
-        export_flux_single_file(ctx)
+    if "single-file" in formats and ctx.family.single_file_writer:  # the family's own writer (Flux, SD3)
+        import_module(ctx.family.single_file_writer).export_single_file(ctx)
     elif "single-file" in formats:
         _verify_single_file(ctx, write_single_file(ctx.reference_pipeline(), ctx.out / f"{ctx.stem}.safetensors",
                                                     ctx.family), model_dir)
@@ -138,10 +137,8 @@ def _usage(ctx: ExportContext, formats: list[str]) -> list[str]:
             f"**diffusers** (this folder is a complete pipeline):\n\n```python\nfrom diffusers import {pipeline_class}\n\n"
             f"pipe = {pipeline_class}.from_pretrained(\"DIR\")\nimage = pipe(\"{ctx.spec.prompt}\").images[0]\n```"
         )
-    if "single-file" in formats and ctx.family.name == "flux":
-        from studio.export.flux_single_file import usage
-
-        snippets.append(usage(ctx.stem))
+    if "single-file" in formats and ctx.family.single_file_writer:
+        snippets.append(import_module(ctx.family.single_file_writer).usage(ctx.stem))
     elif "single-file" in formats:
         snippets.append(
             f"**AUTOMATIC1111 / Forge**: copy `{ctx.stem}.safetensors` into `models/Stable-diffusion/`. **ComfyUI**: "

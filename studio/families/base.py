@@ -99,6 +99,9 @@ class ModelFamily(ABC):
     tokenizer_names: tuple[str, ...]
     hub_tags: tuple[str, ...] = ("stable-diffusion",)  # the Hub's model-family tags for a model card
     supports_single_file: bool = False  # can a full model be written in the original single-file layout?
+    # A module that writes and proves this family's single file itself (``export_single_file(ctx)``, ``usage(stem)``);
+    # None: the SD layout's generic writer (studio.export.full_model) with single_file_state.
+    single_file_writer: str | None = None
     supports_kohya_lora: bool = True  # does this family name its LoRA modules for kohya/webui files?
     fused_kohya_layout: bool = False  # do kohya files fuse several modules into one (kohya_state/read_kohya_state)?
     kohya_network_module: str = "networks.lora"  # sd-scripts' network module, recorded in ss_network_module

@@ -32,6 +32,8 @@ class StableDiffusion3Family(ModelFamily):
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
     fused_kohya_layout = True  # SAI's MMDiT names, qkv fused (studio.families.sd3_names)
     kohya_network_module = "networks.lora_sd3"
+    supports_single_file = True  # SAI's all-in-one layout (studio.families.sd3_checkpoint)
+    single_file_writer = "studio.export.sd3_single_file"
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     # diffusers has no SD3 ControlNet img2img pipeline, and its ControlNet inpainting pipeline is for inpainting
     # ControlNets (the masked image is the control), not a control image plus a mask; no instruction-tuned one.
@@ -61,6 +63,12 @@ class StableDiffusion3Family(ModelFamily):
         name, members, slot, swapped = place(path, denoiser_config)
         sizes = _sizes(members, denoiser_config)
         return FusedPlace(name, members, slot, tuple(sizes) if sizes else None, swapped)
+
+    def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
+        """Every weight in SAI's all-in-one checkpoint layout (ComfyUI's *Load Checkpoint*, ``from_single_file``)."""
+        from studio.families.sd3_checkpoint import single_file_state
+
+        return single_file_state(pipe)
 
     def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
         """The transformer's per-module weight updates a kohya SD3 file holds (diffusers paths)."""

@@ -36,6 +36,8 @@ def tiny_sd3_text_encoders():
     from transformers import CLIPTextModelWithProjection
 
     first = CLIPTextModelWithProjection(tiny_text_encoder_config(hidden_size=CLIP_L_DIM, layers=2, projection_dim=CLIP_L_DIM))
+    with torch.no_grad():  # SD3 pools CLIP-L unprojected (SAI's code, ComfyUI): its projection is the identity
+        first.text_projection.weight.copy_(torch.eye(CLIP_L_DIM))
     return first, CLIPTextModelWithProjection(tiny_clip_g_config())
 
 
@@ -91,7 +93,7 @@ register(
         kind="pipeline",
         description="SD3.5 architecture (MMDiT, CLIP-L + CLIP-G + T5, flow matching), tiny and randomly "
         "initialised (64 px): offline demos and tests.",
-        version="2",
+        version="3",
         build=build_tiny_sd3,
         resolution=TINY_RESOLUTION,
         expectations=random_weights_note("tiny-sd3"),
