@@ -36,8 +36,9 @@ from trainers.method import Method
 from trainers.optim import build_lr_scheduler, build_optimizer, set_weight_mode
 from trainers.placement import frozen_dtype
 from trainers.prior import class_images
+from trainers.sample_embeddings import prepare_sample_embeddings
 from trainers.samples import SAMPLES_DIR, default_sample_prompts, render_samples
-from trainers.validation import Validator, validation_active
+from trainers.validation import Validator, rendered_prompts, validation_active
 
 
 class TrainingCancelled(StudioError):
@@ -152,6 +153,16 @@ class Trainer:
         self.sample_prompts = [
             self.method.pipeline_prompt(p) for p in config.sample_prompts or default_sample_prompts(self.subject)
         ]
+        # samples and validation images from cached embeddings where the base has T5 (trainers/sample_embeddings.py)
+        rendered = (self.sample_prompts if config.sample_every else []) + rendered_prompts(self)
+        self.sample_embeddings = prepare_sample_embeddings(self, rendered) if rendered else None
+
+    def sampling_released(self) -> list[str]:
+        """The released modules samples and validation images need back: not the text encoders when their
+        prompts' embeddings are cached."""
+        if self.sample_embeddings is None:
+            return self.released
+        return [name for name in self.released if name not in self.family.text_encoder_names]
 
     def _release_unneeded(self) -> None:
         """After caching, the VAE and text encoders the step no longer needs leave training memory."""
@@ -327,10 +338,12 @@ class Trainer:
         unet = self.components[self.family.denoiser_name]
         was_training = unet.training
         unet.eval()
-        with self.evaluated_weights(), placement.brought_back(self.components, self.released, self.device), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
+        embedded = None if self.sample_embeddings is None else self.sample_embeddings.pipeline_kwargs(
+            self.sample_prompts, self.device, self.unet_dtype)
+        with self.evaluated_weights(), placement.brought_back(self.components, self.sampling_released(), self.device), self.accelerator.autocast(), decode_in_fp32(getattr(self.base.pipeline, "vae", None)):
             paths = render_samples(
                 self.base.pipeline, self.sample_prompts, seed=config.seed, steps=config.sample_steps,
-                guidance=config.sample_guidance, resolution=config.resolution, directory=directory,
+                guidance=config.sample_guidance, resolution=config.resolution, directory=directory, prompt_kwargs=embedded,
             )
         unet.train(was_training)
         self.events.emit("sample", step=self.step, paths=[str(p.relative_to(self.run_dir)) for p in paths], prompts=self.sample_prompts)

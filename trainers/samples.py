@@ -12,12 +12,14 @@ from studio.run_layout import SAMPLES_DIR  # noqa: F401 - re-exported (the train
 
 @torch.no_grad()
 def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: int, guidance: float,
-                    resolution: int | tuple[int, int]) -> list:
-    """One image per (prompt, seed), square or (width, height), with classifier-free guidance; no progress bar."""
+                    resolution: int | tuple[int, int], prompt_kwargs: dict | None = None) -> list:
+    """One image per (prompt, seed), square or (width, height), with classifier-free guidance; no progress bar.
+    ``prompt_kwargs``: the prompts' embeddings as pipeline arguments (trainers/sample_embeddings.py), used
+    instead of encoding ``prompts``."""
     pipeline.set_progress_bar_config(disable=True)
     width, height = resolution if isinstance(resolution, tuple) else (resolution, resolution)
     return pipeline(
-        prompt=prompts,
+        **({"prompt": prompts} if prompt_kwargs is None else prompt_kwargs),
         height=height,
         width=width,
         num_inference_steps=steps,
@@ -27,10 +29,12 @@ def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: in
 
 
 def render_samples(
-    pipeline, prompts: list[str], *, seed: int, steps: int, guidance: float, resolution: int, directory: Path
+    pipeline, prompts: list[str], *, seed: int, steps: int, guidance: float, resolution: int, directory: Path,
+    prompt_kwargs: dict | None = None,
 ) -> list[Path]:
     """Render one image per prompt into ``directory`` (atomically); returns the image paths."""
-    images = generate_seeded(pipeline, prompts, [seed] * len(prompts), steps=steps, guidance=guidance, resolution=resolution)
+    images = generate_seeded(pipeline, prompts, [seed] * len(prompts), steps=steps, guidance=guidance, resolution=resolution,
+                             prompt_kwargs=prompt_kwargs)
     with atomic_dir(directory, replace=True) as tmp:
         for index, image in enumerate(images):
             image.save(tmp / f"{index:02d}.png")

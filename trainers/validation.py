@@ -56,6 +56,23 @@ def validation_active(config: Any) -> bool:
     return bool(config.validation and (config.checkpoint_every or config.validation_every))
 
 
+def score_prompts(trainer) -> list[EvalPrompt]:
+    """The quick subject score's prompts: the instance prompt, then DreamBench templates for the class."""
+    token, noun = trainer.method.token, trainer.subject.class_noun
+    instance = trainer.method.instance_prompt()
+    first = EvalPrompt("{instance prompt}", instance, strip_identifier(instance, token))
+    more = build_prompts(dreambench_templates(noun), token, noun)
+    return ([first] + [p for p in more if p.prompt != instance])[: trainer.config.validation_prompts]
+
+
+def rendered_prompts(trainer) -> list[str]:
+    """Every prompt validation may render images of (as the pipeline gets it), known before training."""
+    if not validation_active(trainer.config):
+        return []
+    prompts = [trainer.method.pipeline_prompt(p.prompt) for p in score_prompts(trainer)]
+    return prompts + ([trainer.class_prompt] if trainer.class_paths else [])
+
+
 class Validator:
     """Holds the validation state of one training session; the trainer calls :meth:`validate`."""
 
@@ -236,12 +253,7 @@ class Validator:
         return load_backbone(kind, TINY[kind], device=BACKBONE_DEVICE)
 
     def _prompts(self) -> list[EvalPrompt]:
-        trainer = self.trainer
-        token, noun = trainer.method.token, trainer.subject.class_noun
-        instance = trainer.method.instance_prompt()
-        first = EvalPrompt("{instance prompt}", instance, strip_identifier(instance, token))
-        more = build_prompts(dreambench_templates(noun), token, noun)
-        return ([first] + [p for p in more if p.prompt != instance])[: self.config.validation_prompts]
+        return score_prompts(self.trainer)
 
     def _prepare(self) -> float:
         """Load the backbones and embed the subject's photos (first score of a session); returns the seconds."""
@@ -263,11 +275,17 @@ class Validator:
         class_seeds = list(range(CLASS_IMAGES)) if class_prompt else []
         pipeline = trainer.base.pipeline
         vae = getattr(pipeline, "vae", None)
-        with placement.brought_back(trainer.components, trainer.released, trainer.device), trainer.accelerator.autocast(), \
+        embedded = trainer.sample_embeddings  # cached before training (trainers/sample_embeddings.py): no text encoder
+
+        def embeddings(texts: list[str]) -> dict | None:
+            return None if embedded is None else embedded.pipeline_kwargs(texts, trainer.device, trainer.unet_dtype)
+
+        with placement.brought_back(trainer.components, trainer.sampling_released(), trainer.device), trainer.accelerator.autocast(), \
                 decode_in_fp32(vae) if vae is not None else nullcontext():
             kwargs = {"steps": config.validation_steps, "guidance": config.sample_guidance, "resolution": config.resolution}
-            images = generate_seeded(pipeline, prompts, [s for _, _, s in requests], **kwargs)
-            class_images = generate_seeded(pipeline, [class_prompt] * len(class_seeds), class_seeds, **kwargs) \
+            images = generate_seeded(pipeline, prompts, [s for _, _, s in requests], prompt_kwargs=embeddings(prompts), **kwargs)
+            class_images = generate_seeded(pipeline, [class_prompt] * len(class_seeds), class_seeds,
+                                           prompt_kwargs=embeddings([class_prompt] * len(class_seeds)), **kwargs) \
                 if class_seeds else []
         generated = self.embedder.embed_images(images)
         groups = [i for i, _, _ in requests]
