@@ -138,8 +138,8 @@ def export_run(
         raise StudioError(f"--rank must be at least 1 (got {rank}).")
     family = str(result.get("family", "sd1"))
     if isinstance(formats, str) and formats.strip().lower() == "all":  # every format this family's writers have
-        chosen = [f for f in chosen if f not in _unsupported(family)]
-    _check_supported(family, chosen)
+        chosen = [f for f in chosen if f not in _unsupported(family, result.get("adapter_type"))]
+    _check_supported(family, chosen, result.get("adapter_type"))
     out = Path(out_dir).expanduser() if out_dir else run.directory / EXPORTS_DIR / "-".join(chosen)
     _check_out_dir(out, force, run.directory)
     token = None
@@ -196,25 +196,35 @@ def _typed_instance_prompt(run) -> str:
     return replace_word(run.subject.instance_prompt, run.subject.identifier, run.token)
 
 
-def _unsupported(family: str) -> set[str]:
+def _unsupported(family: str, adapter_type: str | None = None) -> set[str]:
     from studio.families import family_named
 
     model = family_named(family)
-    return {name for name, written in (("kohya", model.supports_kohya_lora), ("single-file", _single_file(model)))
+    return {name for name, written in (("kohya", _kohya_written(model, adapter_type)), ("single-file", _single_file(model)))
             if not written}
+
+
+def _kohya_written(model, adapter_type: str | None) -> bool:
+    """A kohya file for this family and adapter type: LoKr does not stack into Flux's/SD3's fused qkv."""
+    return model.supports_kohya_lora and (adapter_type_spec(adapter_type).stacks or not model.fused_kohya_layout)
 
 
 def _single_file(model) -> bool:
     return model.supports_single_file or model.single_file_writer is not None  # Flux: BFL's transformer file
 
 
-def _check_supported(family: str, formats: list[str]) -> None:
+def _check_supported(family: str, formats: list[str], adapter_type: str | None = None) -> None:
     """Refuse, before any work, combinations no writer supports yet."""
     from studio.families import family_named
 
     if "kohya" in formats and not family_named(family).supports_kohya_lora:
         raise StudioError(f"The kohya/webui LoRA layout is not written for {family} models yet; export --format "
                           "diffusers (ComfyUI and diffusers load it) or peft.")
+    if "kohya" in formats and not _kohya_written(family_named(family), adapter_type):
+        label = adapter_type_spec(adapter_type).label
+        raise StudioError(f"A {label} has no kohya/LyCORIS file for {family} models: their original layout fuses query, "
+                          f"key and value into one weight, and the {label}s of the three are not one {label} there. "
+                          "Export --format peft (peft loads it), or train adapter_type dora or loha for that layout.")
     if "single-file" in formats and not _single_file(family_named(family)):
         raise StudioError(f"Single-file export supports SD1.x, SDXL, SD3 and Flux models (this run is {family}); "
                           "use --format diffusers.")

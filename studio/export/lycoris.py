@@ -188,28 +188,31 @@ def kohya_lycoris_state(weights: AdapterWeights, family, bases: dict[tuple[str, 
         name = family.kohya_lora_name(module.component, module.path, unet_config)
         if any(key.startswith(name + ".") for key in state):
             raise StudioError(f"Two adapter modules map to the same kohya name {name}.")
-        t = module.tensors
-        if module.kind == "lokr":
-            decomposed = any(k.endswith(("_a", "_b")) for k in t)
-            for key, value in t.items():
-                state[f"{name}.{key}"] = value.contiguous()
-            if decomposed:
-                state[f"{name}.alpha"] = torch.tensor(module.alpha)
-            else:  # LyCORIS readers apply no alpha to whole factors: fold peft's scale into w1
-                state[f"{name}.lokr_w1"] = (t["lokr_w1"] * module.scale).contiguous()
-        elif module.kind == "loha":
-            for key, value in t.items():
-                state[f"{name}.{key}"] = value.contiguous()
-            state[f"{name}.alpha"] = torch.tensor(module.alpha)
-        else:
-            base = bases[module_key(module.component, module.path)].double()
-            adapted = base + module.scale * (t["lora_B"].double().flatten(1) @ t["lora_A"].double().flatten(1)).reshape(base.shape)
-            ratio = (base.flatten(1).norm(dim=1) + DORA_EPS) / adapted.flatten(1).norm(dim=1)
-            state[f"{name}.lora_down.weight"] = t["lora_A"].contiguous()
-            state[f"{name}.lora_up.weight"] = t["lora_B"].contiguous()
-            state[f"{name}.alpha"] = torch.tensor(module.alpha)
-            state[f"{name}.dora_scale"] = (t["lora_magnitude_vector"].double() * ratio).float().reshape(-1, 1).contiguous()
+        base = bases.get(module_key(module.component, module.path))
+        state |= {f"{name}.{key}": value for key, value in lycoris_tensors(module, base).items()}
     return state
+
+
+def lycoris_tensors(module: AdapterModule, base: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """One module's tensors in the LyCORIS layout (suffix -> tensor); ``base`` (its base weight) only for DoRA."""
+    t = module.tensors
+    if module.kind == "lokr":
+        out = {key: value.contiguous() for key, value in t.items()}
+        if any(k.endswith(("_a", "_b")) for k in t):
+            out["alpha"] = torch.tensor(module.alpha)
+        else:  # LyCORIS readers apply no alpha to whole factors: fold peft's scale into w1
+            out["lokr_w1"] = (t["lokr_w1"] * module.scale).contiguous()
+        return out
+    if module.kind == "loha":
+        return {key: value.contiguous() for key, value in t.items()} | {"alpha": torch.tensor(module.alpha)}
+    if base is None:
+        raise StudioError(f"{module.component}.{module.path}: a DoRA's kohya file needs the base weight.")
+    base = base.double()
+    adapted = base + module.scale * (t["lora_B"].double().flatten(1) @ t["lora_A"].double().flatten(1)).reshape(base.shape)
+    ratio = (base.flatten(1).norm(dim=1) + DORA_EPS) / adapted.flatten(1).norm(dim=1)
+    return {"lora_down.weight": t["lora_A"].contiguous(), "lora_up.weight": t["lora_B"].contiguous(),
+            "alpha": torch.tensor(module.alpha),
+            "dora_scale": (t["lora_magnitude_vector"].double() * ratio).float().reshape(-1, 1).contiguous()}
 
 
 def diffusers_dora_state(weights: AdapterWeights, family) -> dict[str, torch.Tensor]:

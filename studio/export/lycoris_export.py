@@ -96,6 +96,9 @@ def _record_own_code(ctx: ExportContext, pipe, weights: AdapterWeights, path: Pa
 def _export_kohya(ctx: ExportContext, weights: AdapterWeights, label: str) -> None:
     from safetensors.torch import load_file
 
+    if ctx.family.fused_kohya_layout:
+        _export_fused_kohya(ctx, weights, label)
+        return
     pipe = ctx.fresh_base()
     bases = base_weights(pipe.components, weights)
     path = ctx.out / f"{ctx.stem}.safetensors"
@@ -114,6 +117,37 @@ def _export_kohya(ctx: ExportContext, weights: AdapterWeights, label: str) -> No
                f"{len(wanted)} modules; by their key rules and arithmetic: " +
                "; ".join(f"{name} {v['loads']}" for name, v in verdicts.items()),
                layers=len(wanted), layout="kohya", consumers=verdicts)
+
+
+def _export_fused_kohya(ctx: ExportContext, weights: AdapterWeights, label: str) -> None:
+    """Flux/SD3: the original fused layout (:mod:`studio.export.lycoris_fused`); ComfyUI's and Forge's
+    reading of every original weight it touches must equal the adapter's."""
+    from safetensors.torch import load_file
+
+    from studio.export.consumers.lycoris_flow_rules import lycoris_flow_reports
+    from studio.export.lycoris_fused import fused_lycoris_state, intended_weights, original_bases
+
+    pipe = ctx.fresh_base()
+    config = ctx.unet_config
+    members = original_bases(pipe.components[ctx.family.denoiser_name], weights, ctx.family, config)
+    encoders = {k: v for k, v in base_weights(pipe.components, weights).items() if k[0] != ctx.family.denoiser_name}
+    path = ctx.out / f"{ctx.stem}.safetensors"
+    save_safetensors(fused_lycoris_state(weights, ctx.family, config, members, encoders), path,
+                     metadata=lycoris_metadata(weights, ctx))
+    state = load_file(str(path))  # what a consumer reads: the file itself
+    bases, adapted = intended_weights(weights, ctx.family, config, members, encoders)
+    shapes = {target: (int(base.shape[0]), int(base[0].numel())) for target, base in bases.items()}
+    verdicts = lycoris_flow_reports(state, ctx.layout(), shapes, bases, adapted)
+    failed = [name for name in KOHYA_WRITTEN_FOR if verdicts[name]["loads"] != "all"]
+    if failed:
+        raise ExportVerificationError(f"kohya {label} {path.name}: by {failed[0]}'s rules it would not load completely at "
+                                      f"its trained strength ({verdicts[failed[0]]}). The export was not written.")
+    verdicts["diffusers"] = _diffusers_on_kohya(ctx, path, weights)
+    loaded_by = [name for name, verdict in verdicts.items() if verdict["loads"] == "all"]
+    ctx.record(path, f"{label} (kohya / LyCORIS)", ", ".join(loaded_by),
+               f"{len(weights.modules)} modules in {len(shapes)} weights of the original fused layout; by their key "
+               "rules and arithmetic: " + "; ".join(f"{name} {v['loads']}" for name, v in verdicts.items()),
+               layers=len(weights.modules), layout="kohya", consumers=verdicts)
 
 
 def _diffusers_on_kohya(ctx: ExportContext, path: Path, weights: AdapterWeights) -> dict[str, Any]:
@@ -142,7 +176,8 @@ def _attached_layers(pipe) -> dict[tuple[str, str], Any]:
         if model is None:
             continue
         for path, layer in model.named_modules():
-            if ADAPTER in (getattr(layer, "scaling", None) or {}):
+            scaling = getattr(layer, "scaling", None)  # peft's per-adapter dict (Flux attention has a float)
+            if isinstance(scaling, dict) and ADAPTER in scaling:
                 layers[module_key(component, path.removeprefix("base_model.model."))] = layer
     return layers
 
