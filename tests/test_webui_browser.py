@@ -400,8 +400,10 @@ def test_generate_paints_a_mask_with_a_controlnet(browser_page, ui):
         fill_number(page, "gen-steps", 3)
     page.wait_for_function("document.querySelector('#gen-prompt textarea').value.includes('sks')", timeout=30_000)
     page.locator("#gen-image-panel").get_by_text("Start image: image to image").click()
-    page.set_input_files("#gen-init input[type=file]", SAMPLE_IMAGES[0])
+    # the editor makes its canvas when it is ready; a file given before that is lost (and Gradio logs
+    # "reading 'reset_layers'"): on a loaded machine that takes over a second
     page.wait_for_selector("#gen-init canvas", timeout=30_000)
+    page.set_input_files("#gen-init input[type=file]", SAMPLE_IMAGES[0])
     page.wait_for_timeout(2_000)  # the background settles on the canvas
     page.locator("#gen-init button[aria-label=Brush]").click()
     box = page.locator("#gen-init canvas").first.bounding_box()
