@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from studio.export.consumers import layout_of
-from studio.export.consumers.flow_rules import COMFYUI, FORGE, consumer_report, flow_consumers
+from studio.export.consumers.flow_rules import COMFYUI, FORGE, SD_SCRIPTS, consumer_report, flow_consumers
 from studio.export.lora_weights import LoraModule, LoraWeights, diffusers_lora_state
 from studio.families.flux import FluxFamily
 from studio.families.sd3 import StableDiffusion3Family
@@ -94,7 +94,11 @@ def test_flux_kohya_file_loads_fully_at_its_strength_in_comfyui_and_forge(flux):
         assert verdicts[name]["loads"] == "all", verdicts[name]
         assert verdicts[name]["strength"] == "as trained"
     assert verdicts[COMFYUI]["modules_loaded"] == verdicts[COMFYUI]["modules_in_file"] > 19 * 3 + 38 * 2
-    assert verdicts["A1111"]["loads"] == "not checked"  # no claim made for the rules not restated
+    assert verdicts["A1111"]["loads"] == "none" and "no Flux model" in verdicts["A1111"]["why"]
+    # sd-scripts has no LoRA module on the final layer: it drops that (swapped) modulation, and says so
+    sd_scripts = verdicts[SD_SCRIPTS]
+    assert sd_scripts["loads"] == "partial" and sd_scripts["wrong"] == ["final_layer.adaLN_modulation.1"]
+    assert sd_scripts["modules_loaded"] == sd_scripts["modules_in_file"] - 1
 
 
 def test_flux_diffusers_file_is_sliced_into_the_fused_weights(flux):
@@ -105,6 +109,7 @@ def test_flux_diffusers_file_is_sliced_into_the_fused_weights(flux):
     for name in (COMFYUI, FORGE):
         verdict = consumer_report(name, state, weights, layout)
         assert verdict["loads"] == "all", verdict
+    assert consumer_report(SD_SCRIPTS, state, weights, layout)["loads"] == "none"  # kohya names only
 
 
 def test_flux_rules_catch_wrong_strength_swap_and_names(flux):
@@ -154,9 +159,13 @@ def test_sd35_kohya_file_loads_fully_in_comfyui_and_forge_and_reads_back(sd35):
     assert "lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_down.weight" in state
     assert "lora_unet_joint_blocks_5_context_block_attn_qkv.lora_up.weight" in state
     assert "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha" in state
-    for name in (COMFYUI, FORGE):
+    for name in (COMFYUI, FORGE, SD_SCRIPTS):
         verdict = consumer_report(name, state, weights, layout)
         assert verdict["loads"] == "all", verdict
+    verdicts = flow_consumers(state, weights, layout)
+    assert verdicts["A1111"]["loads"] == "not checked"  # A1111 runs SD3; its LoRA names are not restated
+    no_alpha = {k: v for k, v in state.items() if not k.endswith(".alpha")}
+    assert consumer_report(SD_SCRIPTS, no_alpha, weights, layout)["loads"] == "refused"  # it reads one per module
     unswapped = dict(state)
     key = f"lora_unet_joint_blocks_{SD35_MEDIUM['num_layers'] - 1}_context_block_adaLN_modulation_1.lora_up.weight"
     unswapped[key] = torch.cat(state[key].chunk(2)[::-1])

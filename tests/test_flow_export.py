@@ -52,7 +52,8 @@ def test_lora_exports_every_layout_the_family_has(family, sample_subject, tmp_pa
     if family == "flux":  # ComfyUI's and Forge's rules for BFL's fused layout, on both files
         for path in ("sks-toy-lora.safetensors", "pytorch_lora_weights.safetensors"):
             assert {verdicts[path][n]["loads"] for n in ("ComfyUI", "Forge")} == {"all"}, path
-        assert verdicts["sks-toy-lora.safetensors"]["A1111"]["loads"] == "not checked"
+        assert verdicts["sks-toy-lora.safetensors"]["A1111"]["loads"] == "none"  # A1111 has no Flux model
+        assert verdicts["sks-toy-lora.safetensors"]["kohya sd-scripts"]["loads"] == "all"
     else:  # tiny-sd3 is 2 blocks of width 64, where ComfyUI sizes MMDiT's qkv as 64 × depth; Forge has no SD3 map
         assert verdicts["pytorch_lora_weights.safetensors"]["ComfyUI"]["loads"] == "partial"
         assert verdicts["pytorch_lora_weights.safetensors"]["Forge"]["loads"] == "refused"

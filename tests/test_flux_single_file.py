@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from studio.export.flux_single_file import comfyui_flux_checkpoint, diffusers_transformer_state
+from studio.export.flux_single_file import (
+    comfyui_flux_checkpoint,
+    diffusers_transformer_state,
+    forge_flux_checkpoint,
+)
 from studio.families.flux_names import bfl_transformer_state
 
 
@@ -47,3 +51,19 @@ def test_comfyui_refuses_a_tiny_flux_file_it_would_build_at_flux1_widths():
     shapes = {k: tuple(v.shape) for k, v in bfl_transformer_state(tiny_flux_transformer().state_dict()).items()}
     verdict = comfyui_flux_checkpoint(shapes)
     assert verdict["loads"] == "refused" and "3072" in verdict["why"]
+
+
+def test_forge_detects_the_bare_flux_dev_transformer_file_and_refuses_tiny_widths():
+    from diffusers import FluxTransformer2DModel
+
+    from studio.models.tiny_flux import tiny_flux_transformer
+
+    with torch.device("meta"):
+        dev, schnell = FluxTransformer2DModel(guidance_embeds=True), FluxTransformer2DModel(guidance_embeds=False)
+    bare = {k: tuple(v.shape) for k, v in bfl_transformer_state(dev.state_dict()).items()}  # what Studio writes
+    verdict = forge_flux_checkpoint(bare)
+    assert verdict["loads"] == "all" and verdict["repo"] == "black-forest-labs/FLUX.1-dev", verdict
+    fast = {k: tuple(v.shape) for k, v in bfl_transformer_state(schnell.state_dict()).items()}
+    assert forge_flux_checkpoint(fast)["repo"] == "black-forest-labs/FLUX.1-schnell"
+    tiny = {k: tuple(v.shape) for k, v in bfl_transformer_state(tiny_flux_transformer().state_dict()).items()}
+    assert forge_flux_checkpoint(tiny)["loads"] == "refused"

@@ -12,7 +12,8 @@ converted back by :func:`diffusers_transformer_state` (the inverse of
 :func:`studio.families.flux_names.bfl_transformer_state`), every tensor compared with the run's
 transformer, then loaded with ``load_state_dict(strict=True)`` into a fresh base pipeline that renders
 the studio's image; (2) key rules — :func:`comfyui_flux_checkpoint` restates how ComfyUI recognises
-and sizes a Flux checkpoint and compares the model it would build with the file's names and shapes.
+and sizes a Flux checkpoint and compares the model it would build with the file's names and shapes;
+:func:`forge_flux_checkpoint` adds what Forge's loader does before the same detection.
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ def comfyui_flux_checkpoint(shapes: dict[str, tuple[int, ...]], prefix: str = ""
     return report
 
 
+def forge_flux_checkpoint(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Forge's verdict (``backend/loader.py`` ``split_state_dict``): a file with no ``model.diffusion_model.`` key gets
+    that prefix on every key, then ``huggingface_guess`` (ComfyUI's detection, copied) recognises Flux by the same
+    marker and sizes it at FLUX.1's widths (dev with ``guidance_in``, else schnell); the transformer must hold more
+    than 16 tensors. CLIP-L, T5 and the VAE come from the files picked beside it."""
+    prefix = "model.diffusion_model."
+    if not any(k.startswith(prefix) for k in shapes):
+        shapes = {prefix + k: v for k, v in shapes.items()}
+    verdict = comfyui_flux_checkpoint(shapes, prefix)
+    if verdict["loads"] == "all" and verdict["tensors"] <= 16:
+        verdict |= {"loads": "refused", "why": "Forge asserts more than 16 transformer tensors"}
+    if "config" in verdict:
+        verdict["repo"] = "black-forest-labs/FLUX.1-" + ("dev" if verdict["config"]["guidance_embeds"] else "schnell")
+    return verdict
+
+
 def export_flux_single_file(ctx) -> None:
     """Write ``<stem>-transformer.safetensors`` and prove it (see the module docstring)."""
     from safetensors.torch import load_file
@@ -158,13 +175,13 @@ def export_flux_single_file(ctx) -> None:
         "Studio (own code)": {"proof": "own code", "loads": "all", "tensors": len(source),
                               "loader": "inverse conversion + load_state_dict(strict=True) into the base pipeline"},
         "ComfyUI": comfy,
-        "Forge": {"proof": "none", "loads": "not checked",
-                  "why": "Forge's Flux detection (huggingface_guess) is not restated here"},
+        "Forge": forge_flux_checkpoint({k: tuple(v.shape) for k, v in written.items()}),
         "diffusers from_single_file": {"proof": "own code", "loads": "not run on this file",
                                        "why": "its Flux converter hard-codes FLUX.1's widths; it reads Studio's BFL "
                                               "layout back exactly at those widths in tests/test_flux_kohya.py"},
     }
-    loaded_by = "Studio's inverse conversion" + (", ComfyUI (key rules)" if comfy["loads"] == "all" else "")
+    loaded_by = "Studio's inverse conversion" + "".join(f", {name} (key rules)" for name in ("ComfyUI", "Forge")
+                                                        if consumers[name]["loads"] == "all")
     ctx.record(path, FORMAT, loaded_by,
                f"{len(written)} BFL tensors; all {len(source)} diffusers tensors read back equal; "
                f"max pixel diff {difference:.1e}; ComfyUI by its rules: {comfy['loads']}",
@@ -186,5 +203,5 @@ def usage(stem: str) -> str:
             "base model's `clip_l`, `t5xxl` and `ae` as VAE / Text Encoder.")
 
 
-__all__ = ["FORMAT", "comfyui_flux_checkpoint", "diffusers_transformer_state", "export_flux_single_file",
+__all__ = ["FORMAT", "comfyui_flux_checkpoint", "diffusers_transformer_state", "export_flux_single_file", "forge_flux_checkpoint",
            "export_single_file", "usage"]

@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from studio.export.consumers import PROOF_OWN_CODE, consumer_report, match_all
-from studio.export.consumers.flow_rules import FLOW_KEY_RULE_CONSUMERS, flow_consumers, is_flow
+from studio.export.consumers.flow_rules import (
+    FLOW_KEY_RULE_CONSUMERS,
+    REPORTED_CONSUMERS,
+    flow_consumers,
+    is_flow,
+)
 from studio.export.context import ExportContext
 from studio.export.lora_kohya import save_kohya_lora
 from studio.export.lora_peft import save_peft_folders
@@ -136,7 +141,7 @@ def _verify_fused_kohya(ctx: ExportContext, path: Path, weights: LoraWeights, la
         "proof": "own code, in tests/test_flow_export.py", "loads": "none",
         "why": f"diffusers {_version('diffusers')} load_lora_weights finds no SD3 keys in this layout and loads "
                "nothing, without an error: use pytorch_lora_weights.safetensors (studio generate splits this file back itself)"}
-    loaded_by = [name for name in FLOW_KEY_RULE_CONSUMERS if consumers[name]["loads"] == "all"]
+    loaded_by = [name for name in REPORTED_CONSUMERS if consumers[name]["loads"] == "all"]
     ctx.record(path, f"LoRA ({label})", ", ".join(loaded_by) + " (key rules); Studio's reader",
                f"{layers} LoRA modules read back equal from the original fused layout", layers=layers, layout="kohya",
                consumers=consumers)

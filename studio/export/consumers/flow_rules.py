@@ -23,6 +23,8 @@ accept (ComfyUI ``comfy/lora.py`` ``model_lora_keys_unet``/``_clip`` with ``comf
 * **Text encoders**: CLIP-L's six projections per layer as ``lora_te_``/``lora_te1_`` or
   ``text_encoder.text_model.encoder.layers.N.<proj>``; CLIP-G's (SD3) as ``lora_te2_`` or
   ``text_encoder_2.text_model.…``.
+* **kohya sd-scripts** (``networks/lora_flux.py``, ``lora_sd3.py``): kohya names on the whole original weight
+  only, not every module (:mod:`.flow_sd_scripts`); AUTOMATIC1111: no Flux model, SD3 not restated.
 * **Tensors**: ``lora_up``/``lora_down``, ``lora_B``/``lora_A``, ``lora.up``/``lora.down``; alpha only from a
   ``<name>.alpha`` tensor (scale = alpha / rank, 1 without one). Forge refuses a file with more than 12
   keys it cannot place.
@@ -49,11 +51,13 @@ COMFYUI = "ComfyUI"
 FORGE = "Forge"
 FORGE_MAX_UNMATCHED = 12
 PAIRS = (KOHYA_PAIR, PEFT_PAIR, DIFFUSERS_PAIR)
-NOT_CHECKED = {
+NOT_CHECKED = {  # for files whose rules are not restated (LyCORIS types); plain LoRA files get flow_consumers' verdicts
     "A1111": "AUTOMATIC1111's Flux/SD3 LoRA rules are not restated here: no claim either way",
     "kohya sd-scripts": "sd-scripts' lora_flux/lora_sd3 network rules are not restated here: no claim either way",
 }
-FLOW_KEY_RULE_CONSUMERS = (COMFYUI, FORGE)
+SD_SCRIPTS = "kohya sd-scripts"  # its rules: studio.export.consumers.flow_sd_scripts
+FLOW_KEY_RULE_CONSUMERS = (COMFYUI, FORGE)  # a kohya file must load fully in these (Studio's export refuses otherwise)
+REPORTED_CONSUMERS = (*FLOW_KEY_RULE_CONSUMERS, SD_SCRIPTS)  # every consumer whose rules give a verdict here
 PROBES = 3
 _ENCODER_PROJECTION = re.compile(r"^text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
 
@@ -171,6 +175,10 @@ def _text_names(layout: ModelLayout) -> dict[str, Slot]:
 
 def consumer_names(consumer: str, layout: ModelLayout) -> dict[str, Slot]:
     """Every LoRA name ``consumer`` places on this Flux/SD3 model, and where."""
+    if consumer == SD_SCRIPTS:
+        from studio.export.consumers.flow_sd_scripts import sd_scripts_names
+
+        return sd_scripts_names(layout, original_weights(layout), _text_names(layout))
     flux = layout.family.name == "flux"
     names: dict[str, Slot] = {}
     for target in original_weights(layout):
@@ -193,6 +201,9 @@ def match(consumer: str, keys: list[str], layout: ModelLayout) -> KeyMatch:
     result = match_keys(consumer, keys, consumer_names(consumer, layout), PAIRS)  # module -> Slot here
     if consumer == FORGE and len(result.dropped) > FORGE_MAX_UNMATCHED:
         result.rejected = f"{len(result.dropped)} keys unmatched (Forge refuses a LoRA with more than {FORGE_MAX_UNMATCHED})"
+    without_alpha = [down for slot, (down, _) in result.modules.items() if slot not in result.alphas]
+    if consumer == SD_SCRIPTS and without_alpha:
+        result.rejected = f"{len(without_alpha)} modules without an alpha tensor (sd-scripts reads one per module)"
     return result
 
 
@@ -317,9 +328,10 @@ def is_flow(family) -> bool:
 
 
 def flow_consumers(state: dict[str, torch.Tensor], weights: LoraWeights, layout: ModelLayout) -> dict[str, dict]:
-    """Every consumer's verdict on a Flux/SD3 LoRA file: ComfyUI and Forge by their rules; the others
-    named as not checked."""
-    verdicts = {name: consumer_report(name, state, weights, layout) for name in FLOW_KEY_RULE_CONSUMERS}
-    for name, why in NOT_CHECKED.items():
-        verdicts[name] = {"proof": "none", "loads": "not checked", "why": why}
+    """Every consumer's verdict on a Flux/SD3 LoRA file: ComfyUI, Forge and sd-scripts by their rules; A1111
+    as :func:`studio.export.consumers.flow_sd_scripts.a1111_verdict` says (no Flux model; SD3 not restated)."""
+    from studio.export.consumers.flow_sd_scripts import A1111, a1111_verdict
+
+    verdicts = {name: consumer_report(name, state, weights, layout) for name in REPORTED_CONSUMERS}
+    verdicts[A1111] = a1111_verdict(layout.family.name)
     return verdicts
