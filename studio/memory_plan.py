@@ -5,10 +5,13 @@ their gradients and optimizer state) plus the activations the benchmarks measure
 architecture (``benchmarks/results/flow_memory.json`` and ``memory*.json``), scaled by pixels and batch,
 plus a fixed allowance for the CUDA context, workspaces and allocator slack.
 
-Nothing here loads weights: a denoiser's shape comes from its ``config.json`` built on the meta device
-(diffusers folders and built-ins), or from the table of published architectures below (hub ids), whose
-numbers ``tests/test_memory_plan.py`` recomputes from ``benchmarks/flow_arch.py`` and
-``studio/models/real_arch.py``.
+Nothing here loads weights: a denoiser's shape comes from ``studio/memory_shapes.py`` (its ``config.json``
+on the meta device, or the tables of published architectures).
+
+Measured and predicted: the activations and the NF4 overhead below were measured on an H200; the fp8
+overhead and the block-swap figures are predicted from the shapes (``python -m benchmarks.lowvram_memory``
+measures them on a GPU). Block swapping (``blocks_to_swap``) takes the swapped blocks' frozen weights off
+the device and adds a buffer of two of them (the block computing and the one being copied in).
 
 When the run will not fit, :func:`plan_memory` names settings that would make it fit (found by trying
 them on the same model), so `studio train` and the Train tab can say so before anything loads.
@@ -17,11 +20,20 @@ them on the same model), so `studio train` and the Train tab can say so before a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from studio.memory_shapes import (  # noqa: F401 - ARCHITECTURES, HUB_IDS, inventory: re-exported (tests, benchmarks)
+    ARCHITECTURES,
+    ENCODERS_OF,
+    HUB_IDS,
+    TEXT_ENCODER_PARAMS,
+    VAE_PARAMS,
+    describe_base,
+    inventory,
+    swapped_blocks,
+)
 
 GIB = 2**30
 ADAM_8BIT_BLOCK = 256  # as benchmarks/floors.py (bitsandbytes' blockwise 8-bit optimizer state)
@@ -44,47 +56,8 @@ ACTIVATIONS = {
 # unquantized run's activations). Not proportional to one layer's dequantized weight (Flux's largest is
 # 0.1 GiB); int8 and the other architectures are not measured: the larger figure stands in for them.
 QUANTIZED_OVERHEAD_GIB = {"flux-dev": 2.26, "sd35-medium": 1.29}
-
-# Published denoisers' shapes (inventory() of the meta-device models; recomputed by the tests):
-# params, params in nn.Linear weights, Linear output rows, the largest Linear weight, and the LoRA
-# in+out width summed over the default targets (to_q, to_k, to_v, to_out.0): LoRA params = rank × that;
-# floating-point buffers (SD3's positional-embedding table).
-ARCHITECTURES: dict[str, dict[str, int]] = {
-    "flux-dev": {"params": 11901408320, "linear_params": 11898322944, "linear_rows": 3065920, "largest_linear": 56623104, "lora_width": 1167360, "buffers": 0},
-    "sd35-medium": {"params": 2243171520, "linear_params": 2241822720, "linear_rows": 1241152, "largest_linear": 21233664, "lora_width": 454656, "buffers": 226492416},
-    "sd35-large": {"params": 8056627520, "linear_params": 8053694464, "linear_rows": 2765248, "largest_linear": 35487744, "lora_width": 739328, "buffers": 89653248},
-    "sd15": {"params": 859520964, "linear_params": 270049280, "linear_rows": 234880, "largest_linear": 13107200, "lora_width": 199296, "buffers": 0},
-    "sdxl": {"params": 2567463684, "linear_params": 2232647680, "linear_rows": 1455040, "largest_linear": 13107200, "lora_width": 1451520, "buffers": 0},
-}
-TEXT_ENCODER_PARAMS = {"clip_l": 123060480, "clip_g": 694659840, "t5_xxl": 4762310656}
-HUB_IDS = {
-    "black-forest-labs/flux.1-dev": "flux-dev", "black-forest-labs/flux.1-schnell": "flux-dev",
-    "stabilityai/stable-diffusion-3.5-medium": "sd35-medium", "stabilityai/stable-diffusion-3.5-large": "sd35-large",
-    "stabilityai/stable-diffusion-3.5-large-turbo": "sd35-large",
-    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
-    "runwayml/stable-diffusion-v1-5": "sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
-}
-ENCODERS_OF = {"flux-dev": ("clip_l", "t5_xxl"), "sd35-medium": ("clip_l", "clip_g", "t5_xxl"),
-               "sd35-large": ("clip_l", "clip_g", "t5_xxl"), "sdxl": ("clip_l", "clip_g"), "sd15": ("clip_l",)}
-VAE_PARAMS = 84_000_000
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def inventory(model, targets: tuple[str, ...] = DEFAULT_TARGETS) -> dict[str, int]:
-    """The shape facts the plan needs from a (meta-device) denoiser."""
-    import torch
-
-    linear = rows = largest = lora = 0
-    for path, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            linear += module.weight.numel()
-            rows += module.out_features
-            largest = max(largest, module.weight.numel())
-            if any(path == t or path.endswith("." + t) for t in targets):
-                lora += module.in_features + module.out_features
-    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())  # SD3's positional table: 226 M values
-    return {"params": sum(p.numel() for p in model.parameters()), "linear_params": linear, "linear_rows": rows,
-            "largest_linear": largest, "lora_width": lora, "buffers": buffers}
+SWAP_BUFFER_BLOCKS = 2  # block swapping: the block computing and the next one arriving (trainers/block_swap.py)
+SWAP_AUTO = "fewest"  # a suggestion's blocks_to_swap before it is sized
 
 
 @dataclass
@@ -128,7 +101,7 @@ class Plan:
                     lines.append(f"  or ({other['peak_gib']:.1f} GiB): {change(other['settings'])}")
             else:
                 lines.append("No combination of the settings tried (gradient_checkpointing, mixed_precision, base_quantization, "
-                             "optimizer, batch_size, resolution, lora_rank) makes it fit this device.")
+                             "blocks_to_swap, optimizer, batch_size, resolution, lora_rank) makes it fit this device.")
         lines += self.notes
         return "\n".join(lines)
 
@@ -138,87 +111,6 @@ class Plan:
 
 def _text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _denoiser_folder(config) -> Path | None:
-    from studio.models.loader import describe_ref_kind
-
-    kind = describe_ref_kind(config.base)
-    if kind == "builtin":
-        from studio.models.builtin import builtin_path
-
-        root = builtin_path(config.base)
-    elif kind == "folder":
-        root = Path(config.base).expanduser()
-    else:
-        return None
-    for name in ("transformer", "unet"):
-        if (root / name / "config.json").exists():
-            return root / name
-    return None
-
-
-def _meta_inventory(folder: Path, targets: tuple[str, ...]) -> dict[str, int]:
-    import diffusers
-    import torch
-
-    config = json.loads((folder / "config.json").read_text())
-    cls = getattr(diffusers, config["_class_name"])
-    with torch.device("meta"):
-        model = cls.from_config(config)
-    return inventory(model, targets)
-
-
-def _encoder_params(root: Path, names: tuple[str, ...]) -> dict[str, int]:
-    import torch
-    import transformers
-
-    counts = {}
-    for name in names:
-        path = root / name / "config.json"
-        if not path.exists():
-            continue
-        config = transformers.AutoConfig.from_pretrained(root / name)
-        cls = getattr(transformers, config.architectures[0]) if config.architectures else transformers.AutoModel
-        with torch.device("meta"):
-            model = cls(config)
-        counts[name] = sum(p.numel() for p in model.parameters())
-    return counts
-
-
-def describe_base(config) -> tuple[str, dict[str, int], dict[str, int], float]:
-    """(architecture label, denoiser inventory, text encoder params, activation scale) of ``config.base``.
-
-    Raises LookupError when the base's shape cannot be known without downloading it."""
-    targets = tuple(config.lora_target_modules)
-    folder = _denoiser_folder(config)
-    if folder is not None:
-        inv = _meta_inventory(folder, targets)
-        encoders = _encoder_params(folder.parent, ("text_encoder", "text_encoder_2", "text_encoder_3"))
-        label = f"{config.base} ({inv['params'] / 1e6:.1f} M-parameter {folder.name})"
-        known = _nearest_architecture(folder)
-        # a smaller model of a measured family: its activations scale with its width and depth, here its parameters
-        scale = min(1.0, inv["params"] / ARCHITECTURES[known]["params"])
-        return label, inv | {"activation_arch": known}, encoders, scale  # type: ignore[return-value]
-    arch = HUB_IDS.get(config.base.lower())
-    if arch is None:
-        raise LookupError(config.base)
-    inv = dict(ARCHITECTURES[arch])
-    if targets != DEFAULT_TARGETS:
-        inv["note"] = "LoRA size at the default targets"  # type: ignore[assignment]
-    return arch, inv | {"activation_arch": arch}, {k: TEXT_ENCODER_PARAMS[k] for k in ENCODERS_OF[arch]}, 1.0  # type: ignore[return-value]
-
-
-def _nearest_architecture(folder: Path) -> str:
-    config = json.loads((folder / "config.json").read_text())
-    name = config["_class_name"]
-    if name.startswith("Flux"):
-        return "flux-dev"
-    if name.startswith("SD3"):
-        return "sd35-medium"
-    if config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return "sd15"
 
 
 def optimizer_bytes(tensor_sizes: list[int], optimizer: str) -> int:
@@ -236,14 +128,34 @@ def optimizer_bytes(tensor_sizes: list[int], optimizer: str) -> int:
 
 
 def quantized_linear_bytes(inv: dict[str, int], quantization: str, frozen_bytes: int) -> float:
-    """Bytes of the denoiser's Linear weights as held: frozen dtype, int8 (+ one fp32 scale per row), or NF4
-    (4 bits + 8-bit absmax per 64 values + one fp32 per 256 absmax values)."""
+    """Bytes of the denoiser's Linear weights as held: frozen dtype, int8 or fp8 (+ one fp32 scale per row), or
+    NF4 (4 bits + 8-bit absmax per 64 values + one fp32 per 256 absmax values)."""
     n = inv["linear_params"]
-    if quantization == "int8":
+    if quantization in ("int8", "fp8"):
         return n + 4 * inv["linear_rows"]
     if quantization == "nf4":
         return n / 2 + n / NF4_BLOCK + 4 * n / (NF4_BLOCK * 256)
     return n * frozen_bytes
+
+
+def _frozen_bytes(params: int, linear: int, rows: int, quant: str, frozen: int) -> float:
+    """Bytes of frozen weights as held: the Linear weights quantized, the rest in the frozen dtype."""
+    return quantized_linear_bytes({"linear_params": linear, "linear_rows": rows}, quant, frozen) + (params - linear) * frozen
+
+
+def _quantized_overhead(inv: dict, quant: str, frozen: int) -> float:
+    """GiB a quantized step holds beyond its parts: NF4/int8 measured (QUANTIZED_OVERHEAD_GIB); fp8 predicted as
+    the upcast copy of the largest layer in the forward and again in the backward."""
+    if quant == "fp8":
+        return 2 * inv["largest_linear"] * frozen / GIB
+    return QUANTIZED_OVERHEAD_GIB.get(inv["activation_arch"], max(QUANTIZED_OVERHEAD_GIB.values()))
+
+
+def swap_effective(config) -> bool:
+    """Whether ``blocks_to_swap`` takes weights off the device: it needs checkpointing and a frozen denoiser, and the
+    trainer refuses it with int8 (trainers/block_swap.py)."""
+    return bool(getattr(config, "blocks_to_swap", 0) and config.gradient_checkpointing
+                and config.method in ("lora", "textual_inversion") and config.base_quantization != "int8")
 
 
 def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[str, float], list[str]]:
@@ -263,8 +175,18 @@ def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[
         linear = quantized_linear_bytes(inv, quant, frozen)
         other = (inv["params"] - inv["linear_params"] + inv.get("buffers", 0)) * frozen
         parts["frozen denoiser"] = (linear + other) / GIB
-        if quant != "none":  # dequantization transients, measured on the H200 (benchmarks/results/qlora_memory.json)
-            parts["quantized-layer overhead"] = QUANTIZED_OVERHEAD_GIB.get(inv["activation_arch"], max(QUANTIZED_OVERHEAD_GIB.values()))
+        if quant != "none":  # dequantization transients (NF4: measured on the H200, benchmarks/results/qlora_memory.json)
+            parts["quantized-layer overhead"] = _quantized_overhead(inv, quant, frozen)
+        if swap_effective(config):  # block swapping: those blocks' frozen weights wait on the CPU
+            swapped = [_frozen_bytes(p, lin, rows, quant, frozen) for p, lin, rows in swapped_blocks(inv, config.blocks_to_swap)]
+            if swapped:
+                parts["frozen denoiser"] -= sum(swapped) / GIB
+                parts["block-swap buffer"] = SWAP_BUFFER_BLOCKS * max(swapped) / GIB
+            else:
+                notes.append("Note: blocks_to_swap has no effect here: this denoiser has no swappable blocks.")
+        elif getattr(config, "blocks_to_swap", 0):
+            notes.append("Note: blocks_to_swap saves nothing without gradient_checkpointing (and not with int8); the "
+                         "trainer refuses that combination.")
     trainable: list[int] = []
     if lora:
         rank = config.lora_rank
@@ -310,18 +232,27 @@ def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[
 
 def sampling_gib(config, parts: dict[str, float], described, device_type: str = "cuda") -> float:
     """The peak while samples or validation images render (0 when neither runs): the trainer brings the released
-    text encoders and the VAE back beside the denoiser (``placement.brought_back``); no gradients then."""
+    text encoders (unless their embeddings are cached: bases with T5) and the VAE back beside the denoiser
+    (``placement.brought_back``); no gradients then."""
     validation = bool(config.validation and (config.checkpoint_every or config.validation_every))
     if not (config.sample_every or validation):
         return 0.0
     _, inv, encoders, scale = described
     mixed = config.mixed_precision if device_type == "cuda" else "no"
     frozen = {"fp32": 4, "bf16": 2, "fp16": 2}.get(config.frozen_weights_dtype, 2 if mixed in ("bf16", "fp16") else 4)
-    held = parts.get("frozen denoiser", 0.0) + parts.get("quantized-layer overhead", 0.0) + parts.get("buffers", 0.0) + parts["trainable weights"]
-    held += parts.get("optimizer state", 0.0)  # stays on the device between steps
+    held = sum(parts.get(k, 0.0) for k in ("frozen denoiser", "quantized-layer overhead", "block-swap buffer", "buffers"))
+    held += parts["trainable weights"] + parts.get("optimizer state", 0.0)  # stays on the device between steps
     ref, with_ckpt, _ = ACTIVATIONS[inv["activation_arch"]]
     forward = 2 * with_ckpt * (config.resolution / ref) ** 2 * scale  # guidance doubles the batch; no saved activations
-    return held + (sum(encoders.values()) * frozen + VAE_PARAMS * 4) / GIB + forward + parts.get("CUDA context and slack", 0.0)
+    encoder_bytes = 0 if samples_from_cached_embeddings(config, inv) else sum(encoders.values()) * frozen
+    return held + (encoder_bytes + VAE_PARAMS * 4) / GIB + forward + parts.get("CUDA context and slack", 0.0)
+
+
+def samples_from_cached_embeddings(config, inv: dict) -> bool:
+    """Whether samples render from cached prompt embeddings, leaving the text encoders off the device
+    (trainers/sample_embeddings.py: bases with T5, the prompt cache on, text encoders frozen)."""
+    frozen_encoders = config.method in ("lora", "dreambooth") and not config.train_text_encoder
+    return bool(inv.get("t5") and config.cache_text_embeddings and frozen_encoders)
 
 
 def total_gib(config, *, device_type: str = "cuda", described=None) -> tuple[float, dict[str, float], float, list[str]]:
@@ -364,6 +295,8 @@ def _candidates(config) -> list[dict[str, Any]]:
         out.append({"base_quantization": "nf4"})
     if config.sample_every or (config.validation and (config.checkpoint_every or config.validation_every)):
         out.append({"sample_every": 0, "validation": False})
+    if adapter and not getattr(config, "blocks_to_swap", 0):  # slower steps (PCIe copies): after giving up samples
+        out.append({"blocks_to_swap": SWAP_AUTO})  # the fewest blocks that make it fit (_suggest)
     if config.batch_size > 1:
         out.append({"batch_size": 1})
     if config.method == "lora" and config.train_text_encoder:
@@ -378,22 +311,39 @@ def _candidates(config) -> list[dict[str, Any]]:
 
 def _suggest(config, device_gib: float, device_type: str, described) -> list[dict[str, Any]]:
     """Settings that bring the peak under ``device_gib``: the first found by adding candidates in order,
-    pruned of any it does not need; then each single candidate that fits alone."""
+    pruned of any it does not need; then each single candidate that fits alone. A block-swap candidate
+    swaps the fewest blocks that fit (all of them when none does)."""
+    blocks = sum(run[0] for run in described[1].get("blocks", ()))
+
+    def sized(changes: dict[str, Any]) -> dict[str, Any]:
+        if changes.get("blocks_to_swap") != SWAP_AUTO:
+            return changes
+        for count in range(1, blocks + 1):
+            if peak(changes | {"blocks_to_swap": count}) <= device_gib:
+                return changes | {"blocks_to_swap": count}
+        return changes | {"blocks_to_swap": blocks}
+
     def peak(changes: dict[str, Any]) -> float:
+        if changes.get("blocks_to_swap") == SWAP_AUTO:
+            changes = sized(changes)
         return total_gib(dataclasses.replace(config, **changes), device_type=device_type, described=described)[0]
 
+    candidates = [c for c in _candidates(config) if blocks or "blocks_to_swap" not in c]
     found: list[dict[str, Any]] = []
     chosen: dict[str, Any] = {}
-    for candidate in _candidates(config):
-        chosen = chosen | candidate
+    for candidate in candidates:
+        chosen = sized(chosen | candidate)
         if peak(chosen) <= device_gib:
             for key in list(chosen):  # drop what is not needed (a later candidate may have done the work)
                 trial = {k: v for k, v in chosen.items() if k != key}
                 if trial and peak(trial) <= device_gib:
                     chosen = trial
+            if "blocks_to_swap" in chosen:  # as few blocks as the rest of the changes allow
+                chosen = sized(chosen | {"blocks_to_swap": SWAP_AUTO})
             found.append({"settings": chosen, "peak_gib": peak(chosen)})
             break
-    for candidate in _candidates(config):
+    for candidate in candidates:
+        candidate = sized(candidate)
         if candidate != chosen and len(found) < 3 and peak(candidate) <= device_gib:
             found.append({"settings": candidate, "peak_gib": peak(candidate)})
     return found
@@ -408,7 +358,9 @@ def plan_memory(config, *, device_gib: float | None = None, device: str | None =
     described = describe_base(config)
     peak, parts, sampling, notes = total_gib(config, device_type=device_type, described=described)
     if sampling:
-        notes = [*notes, f"Samples and validation images bring the text encoders and VAE back beside the denoiser: "
+        back = "the VAE (prompt embeddings cached)" if samples_from_cached_embeddings(config, described[1]) else \
+            "the text encoders and VAE"
+        notes = [*notes, f"Samples and validation images bring {back} back beside the denoiser: "
                          f"{sampling:.1f} GiB then (sample_every=0 and validation=false avoid it)."]
     plan = Plan(described[0], {k: round(v, 3) for k, v in parts.items()}, peak, device_gib,
                 device or (f"a {device_gib:g} GiB GPU" if device_gib else "no GPU"), notes, sampling_gib=sampling)
@@ -421,9 +373,11 @@ def check_before_training(config) -> Plan | None:
     """On a GPU, with ``memory_check`` on: refuse a run whose plan does not fit, naming the settings that would
     make it fit. Returns the plan (None where it cannot be made: no GPU, or a base of unknown shape)."""
     from studio.errors import ConfigError
+    from trainers.block_swap import check_block_swap
     from trainers.quantize import check_quantization
 
     check_quantization(config)
+    check_block_swap(config)
     if not getattr(config, "memory_check", True) or device_memory_gib() is None:
         return None
     try:
