@@ -110,6 +110,11 @@ def _resolve_folder(path: Path) -> AdapterSource:
         raise AdapterError(f"{path} is a full diffusers model folder: pass it as --base, not as --adapter.")
     if (path / LORA_WEIGHTS_FILE).is_file() and (path / EMBEDDINGS_FILE).is_file():  # a pivotal export
         return replace(_resolve_file(path / LORA_WEIGHTS_FILE), companion=_resolve_file(path / EMBEDDINGS_FILE))
+    per_encoder = sorted(path.glob("learned_embeds_*.safetensors"))
+    if (path / LORA_WEIGHTS_FILE).is_file() and per_encoder:  # an SDXL pivotal export: one file per text encoder
+        token = _resolve_file(per_encoder[0]).token
+        return replace(_resolve_file(path / LORA_WEIGHTS_FILE),
+                       companion=AdapterSource(path, "embedding", "per-encoder", token=token))
     for candidate in (path / LORA_WEIGHTS_FILE, path / EMBEDDINGS_FILE):
         if candidate.is_file():
             return _resolve_file(candidate)

@@ -27,7 +27,7 @@ TI_FORMATS = method_spec("textual_inversion").export_formats
 ENCODER_KEYS = dict(zip(("text_encoder", "text_encoder_2"), SDXL_KEYS, strict=True))
 
 
-def _run_embeddings(ctx: ExportContext) -> tuple[str, dict[str, Path], dict[str, torch.Tensor]]:
+def run_embeddings(ctx: ExportContext) -> tuple[str, dict[str, Path], dict[str, torch.Tensor]]:
     """(token, file per text encoder, rows per text encoder) of the run."""
     artifact = ctx.run.directory / ctx.result["artifact"]
     files = {"text_encoder": artifact / DIFFUSERS_FILE} if (artifact / DIFFUSERS_FILE).is_file() else {
@@ -44,7 +44,7 @@ def _run_embeddings(ctx: ExportContext) -> tuple[str, dict[str, Path], dict[str,
 
 
 def export_ti_run(ctx: ExportContext, formats: list[str]) -> None:
-    token, files, rows = _run_embeddings(ctx)
+    token, files, rows = run_embeddings(ctx)
     if "diffusers" in formats:
         targets = {}
         for encoder, source in files.items():
