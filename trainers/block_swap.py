@@ -246,6 +246,9 @@ def place_with_swapping(trainer, quantize_and_move) -> BlockSwapper | None:
         quantize_and_move()
         return None
     check_block_swap(trainer.config)
+    if trainer.accelerator.num_processes > 1:
+        raise ConfigError(f"blocks_to_swap={count} runs on one GPU (distributed training wraps the whole model on each "
+                          "device); launch one process or set blocks_to_swap=0.")
     denoiser = trainer.components[trainer.family.denoiser_name]
     blocks = swapped_blocks(trainer.family, denoiser, count)
     with detached(blocks, denoiser):
