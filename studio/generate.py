@@ -29,6 +29,7 @@ from studio import limits
 from studio.adapters import AdapterError, AdapterSource, load_adapter, resolve_adapter, resolve_base
 from studio.control import ControlSpec, control_image
 from studio.errors import StudioError
+from studio.families import prompt_arguments
 from studio.generation_images import load_init_image
 from studio.inpaint import keep_outside, load_mask
 from studio.pipeline_tasks import accepts, base_kind, family_tasks, pipeline_class
@@ -304,7 +305,7 @@ class Generator:
     def _common_kwargs(self, runner: Any, request: GenerationRequest, seeds: list[int], progress: Progress | None) -> dict:
         count = len(seeds)
         kwargs: dict[str, Any] = {
-            "prompt": [request.text()] * count,
+            **prompt_arguments(runner, [request.text()] * count),
             "guidance_scale": float(request.guidance),
             "num_inference_steps": int(request.steps),
             "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],

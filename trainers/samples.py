@@ -16,10 +16,12 @@ def generate_seeded(pipeline, prompts: list[str], seeds: list[int], *, steps: in
     """One image per (prompt, seed), square or (width, height), with classifier-free guidance; no progress bar.
     ``prompt_kwargs``: the prompts' embeddings as pipeline arguments (trainers/sample_embeddings.py), used
     instead of encoding ``prompts``."""
+    from studio.families import prompt_arguments
+
     pipeline.set_progress_bar_config(disable=True)
     width, height = resolution if isinstance(resolution, tuple) else (resolution, resolution)
     return pipeline(
-        **({"prompt": prompts} if prompt_kwargs is None else prompt_kwargs),
+        **(prompt_arguments(pipeline, prompts) if prompt_kwargs is None else prompt_kwargs),
         height=height,
         width=width,
         num_inference_steps=steps,

@@ -85,11 +85,6 @@ class TextualInversionMethod(Method):
                 module.requires_grad_(False)
         initializer = self.config.initializer_token or self.subject.class_noun
         self.token_ids: dict[str, list[int]] = {}
-        if self.config.num_vectors > 1 and not hasattr(self.base.pipeline, "maybe_convert_prompt"):
-            raise ConfigError(
-                f"{type(self.base.pipeline).__name__} cannot expand a multi-vector token in prompts (it has no "
-                "textual-inversion loader); set num_vectors=1 for this model."
-            )
         for encoder_name in self.encoder_names:
             tokenizer_name = self.family.tokenizer_of(encoder_name)
             tokenizer, encoder = self.components[tokenizer_name], self.components[encoder_name]

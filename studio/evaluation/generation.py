@@ -46,6 +46,8 @@ def generate_batches(
     Each image has its own CPU ``torch.Generator`` seeded with its request's seed: an image depends
     only on its prompt and seed, not on the batch it happened to share or on the device.
     """
+    from studio.families import prompt_arguments
+
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     step = max(1, settings.batch_size)
@@ -53,7 +55,7 @@ def generate_batches(
         for start in range(0, len(requests), step):
             chunk = list(requests[start : start + step])
             kwargs: dict[str, Any] = {
-                "prompt": [r.prompt for r in chunk],
+                **prompt_arguments(pipe, [r.prompt for r in chunk]),
                 "guidance_scale": settings.guidance,
                 "num_inference_steps": settings.steps,
                 "generator": [torch.Generator("cpu").manual_seed(r.seed) for r in chunk],

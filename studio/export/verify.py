@@ -51,8 +51,10 @@ def render(pipe, spec: RenderSpec, prompt: str | None = None) -> np.ndarray:
     if pipe.device.type != "cpu" or pipe.dtype != torch.float32:
         pipe.to("cpu", torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    from studio.families import prompt_arguments
+
     result = pipe(
-        prompt=prompt or spec.prompt,
+        **prompt_arguments(pipe, [prompt or spec.prompt]),
         height=spec.height,
         width=spec.width,
         num_inference_steps=spec.steps,

@@ -53,6 +53,12 @@ def family_for_keys(keys: list[str]) -> ModelFamily | None:
     return None
 
 
+def prompt_arguments(pipeline: Any, prompts: list[str]) -> dict[str, list[str]]:
+    """The prompt arguments for calling ``pipeline`` on ``prompts`` as typed: each text encoder reads a
+    textual-inversion placeholder as :meth:`ModelFamily.prompt_arguments` says (all vectors; T5 once)."""
+    return family_for(pipeline).prompt_arguments(pipeline, prompts)
+
+
 def family_named(name: str) -> ModelFamily:
     for family in FAMILIES:
         if family.name == name:
@@ -60,4 +66,5 @@ def family_named(name: str) -> ModelFamily:
     raise StudioError(f"'{name}' is not a model family Studio knows ({', '.join(f.name for f in FAMILIES)}).")
 
 
-__all__ = ["DENOISER_NAMES", "FAMILIES", "LORA_COMPONENTS", "is_denoiser", "ModelFamily", "PromptEmbedding", "family_for", "family_for_keys", "family_named"]
+__all__ = ["DENOISER_NAMES", "FAMILIES", "LORA_COMPONENTS", "is_denoiser", "ModelFamily", "PromptEmbedding", "family_for", "family_for_keys", "family_named",
+           "prompt_arguments"]

@@ -250,10 +250,51 @@ class ModelFamily(ABC):
         """Token ids per text encoder, padded to each tokenizer's max length."""
         return [
             tokenizer(
-                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+                self.encoder_prompts(components, name, prompts), padding="max_length",
+                max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
             ).input_ids
-            for tokenizer in self.tokenizers(components)
+            for name, tokenizer in zip(self.text_encoder_names, self.tokenizers(components), strict=True)
         ]
+
+    # --- textual-inversion placeholders (studio.families.placeholders) --------------------------------
+    # The pipeline's prompt argument for each text encoder, in text_encoder_names' order.
+    prompt_argument_names: tuple[str, ...] = ("prompt",)
+
+    def placeholders(self, components: dict[str, Any]) -> dict[str, list[str]]:
+        """Multi-vector placeholders the CLIP tokenizers hold (``<tok>`` -> its N tokens)."""
+        from studio.families.placeholders import multi_vector_placeholders
+
+        return multi_vector_placeholders(components.get(self.tokenizer_of(name))
+                                         for name in self.embedding_text_encoder_names)
+
+    def encoder_prompts(self, components: dict[str, Any], encoder_name: str, prompts: list[str]) -> list[str]:
+        """What text encoder ``encoder_name`` reads for ``prompts``: a CLIP encoder every vector of a placeholder
+        (as training prompts spell them), a text-only encoder (T5) the placeholder once, as typed."""
+        if encoder_name not in self.text_only_encoder_names:
+            return prompts
+        from studio.families.placeholders import collapse_placeholders
+
+        placeholders = self.placeholders(components)
+        return [collapse_placeholders(p, placeholders) for p in prompts] if placeholders else prompts
+
+    def prompt_arguments(self, pipeline: Any, prompts: list[str]) -> dict[str, list[str]]:
+        """``pipeline``'s prompt arguments for ``prompts`` as a user types them (a placeholder once): the prompt
+        itself where the pipeline expands placeholders (diffusers' ``maybe_convert_prompt``: SD, SDXL, Flux
+        txt2img); else (SD3, Flux img2img) each CLIP encoder's argument gets every vector and each text-only
+        encoder's (T5) the prompt as typed."""
+        expands = hasattr(pipeline, "maybe_convert_prompt")
+        placeholders = {} if expands else self.placeholders(getattr(pipeline, "components", pipeline))
+        if not placeholders:
+            return {"prompt": prompts}
+        import inspect
+
+        from studio.families.placeholders import expand_placeholders
+
+        taken = inspect.signature(type(pipeline).__call__).parameters
+        return {argument: prompts if name in self.text_only_encoder_names
+                else [expand_placeholders(p, placeholders) for p in prompts]
+                for name, argument in zip(self.text_encoder_names, self.prompt_argument_names, strict=True)
+                if argument == "prompt" or argument in taken}
 
     @abstractmethod
     def encode(self, components: dict[str, Any], token_ids: list[torch.Tensor]) -> PromptEmbedding:

@@ -40,6 +40,7 @@ class FluxFamily(ModelFamily):
     fused_kohya_layout = True  # BFL's names, qkv and linear1 fused (studio.families.flux_names)
     kohya_network_module = "networks.lora_flux"
     single_file_writer = "studio.export.flux_single_file"  # BFL's transformer file
+    prompt_argument_names = ("prompt", "prompt_2")  # CLIP-L, T5
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
     # No instruction-tuned pipeline (FLUX.1 Kontext is another model). Inpainting blends on the plain model.
     task_pipelines = {"inpaint": "FluxInpaintPipeline", "control": "FluxControlNetPipeline",

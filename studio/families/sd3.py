@@ -33,6 +33,7 @@ class StableDiffusion3Family(ModelFamily):
     fused_kohya_layout = True  # SAI's MMDiT names, qkv fused (studio.families.sd3_names)
     kohya_network_module = "networks.lora_sd3"
     supports_single_file = True  # SAI's all-in-one layout (studio.families.sd3_checkpoint)
+    prompt_argument_names = ("prompt", "prompt_2", "prompt_3")
     single_file_writer = "studio.export.sd3_single_file"
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     # diffusers has no SD3 ControlNet img2img pipeline, and its ControlNet inpainting pipeline is for inpainting
@@ -96,10 +97,11 @@ class StableDiffusion3Family(ModelFamily):
     def tokenize(self, components: dict[str, Any], prompts: list[str]) -> list[torch.Tensor]:
         """CLIP ids padded to 77; T5's to the pipeline's ``max_sequence_length`` (256), not the tokenizer's 512."""
         ids = []
-        for tokenizer in self.tokenizers(components):
+        for name in self.present_text_encoders(components):
+            tokenizer = components[self.tokenizer_of(name)]
             length = tokenizer.model_max_length if tokenizer is not components.get("tokenizer_3") else T5_SEQUENCE_LENGTH
-            ids.append(tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                                 return_tensors="pt").input_ids)
+            ids.append(tokenizer(self.encoder_prompts(components, name, prompts), padding="max_length", max_length=length,
+                                 truncation=True, return_tensors="pt").input_ids)
         return ids
 
     def objective(self, scheduler_config: Any):

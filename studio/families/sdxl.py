@@ -34,6 +34,7 @@ class StableDiffusionXLFamily(ModelFamily):
     default_resolution = 1024
     text_encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
+    prompt_argument_names = ("prompt", "prompt_2")
     kohya_base_model_version = "sdxl_base_v1-0"
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
