@@ -183,13 +183,21 @@ class BlockSwapper:
         if following is not None:
             self._start(following)
 
+    @staticmethod
+    def _in_backward() -> bool:
+        return _current_autograd_node() is not None
+
     def _following(self, index: int) -> int | None:
         """The swapped block that runs next: the next one in a forward, the previous one in the backward's recompute."""
-        step = -1 if torch._C._current_autograd_node() is not None else 1
-        following = index + step
+        following = index + (-1 if self._in_backward() else 1)
         return following if 0 <= following < len(self.blocks) else None
 
     def _after(self, index: int) -> None:
+        """Drop the block's copy, unless it is the next one to run anyway: the last block after a training forward
+        (the backward recomputes it first), the first one after the backward (the next step starts with it)."""
+        backward = self._in_backward()
+        if (index == len(self.blocks) - 1 and not backward and torch.is_grad_enabled()) or (index == 0 and backward):
+            return
         self.release(index)
 
     def release(self, index: int) -> None:
@@ -215,6 +223,12 @@ class BlockSwapper:
     def swapped_bytes(self) -> int:
         return sum(s.cpu.numel() * s.cpu.element_size() + sum(t.numel() * t.element_size() for t in _state_tensors(s.cpu_state))
                    for slots in self.slots for s in slots)
+
+
+def _current_autograd_node():
+    """The autograd node running now (None outside the backward pass; a private torch API, hence the guard)."""
+    current = getattr(torch._C, "_current_autograd_node", None)
+    return current() if current is not None else None
 
 
 @contextmanager
