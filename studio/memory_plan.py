@@ -227,6 +227,10 @@ def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[
         parts["CUDA context and slack"] = CONTEXT_GIB
     if "note" in inv:
         notes.append(f"Note: {inv['note']}.")
+    unmeasured = [name for name, on in (("block swapping", "block-swap buffer" in parts), ("fp8", quant == "fp8")) if on]
+    if unmeasured and device_type == "cuda":
+        notes.append(f"Note: the {' and '.join(unmeasured)} figures are predicted from the model's shape, not yet measured "
+                     "on a GPU (python -m benchmarks.lowvram_memory measures them).")
     return parts, notes
 
 
