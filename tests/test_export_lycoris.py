@@ -15,10 +15,14 @@ from studio.export.consumers.lycoris_rules import lycoris_reports
 from studio.export.lycoris import AdapterModule, AdapterWeights, kohya_lycoris_state
 
 KINDS = ("dora", "lokr", "loha")
+LYCORIS = "sd-scripts + LyCORIS (lycoris.kohya)"  # LyCORIS' own loader, proven in scripts/test-compat
 EXPECTED = {  # consumer verdicts on the kohya/LyCORIS file
-    "dora": {"ComfyUI": "all", "Forge": "all", "A1111": "partial", "kohya sd-scripts": "partial", "diffusers": "partial"},
-    "lokr": {"ComfyUI": "all", "Forge": "all", "A1111": "all", "kohya sd-scripts": "none", "diffusers": "refused"},
-    "loha": {"ComfyUI": "all", "Forge": "all", "A1111": "all", "kohya sd-scripts": "none", "diffusers": "refused"},
+    "dora": {"ComfyUI": "all", "Forge": "all", "A1111": "partial", "kohya sd-scripts": "partial", "diffusers": "partial",
+             LYCORIS: "partial"},
+    "lokr": {"ComfyUI": "all", "Forge": "all", "A1111": "all", "kohya sd-scripts": "none", "diffusers": "refused",
+             LYCORIS: "all"},
+    "loha": {"ComfyUI": "all", "Forge": "all", "A1111": "all", "kohya sd-scripts": "none", "diffusers": "refused",
+             LYCORIS: "all"},
 }
 
 
@@ -61,7 +65,7 @@ def test_lycoris_key_names(exported):
         keys, metadata = list(handle.keys()), handle.metadata()
     tensors = {key.split(".", 1)[1] for key in keys}
     wanted = {"dora": {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
-              "lokr": {"lokr_w1", "lokr_w2"}, "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}}
+              "lokr": {"lokr_w1", "lokr_w2", "alpha"}, "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}}
     assert tensors == wanted[kind]
     assert all(key.startswith(("lora_unet_", "lora_te_")) for key in keys)
     assert metadata["ss_network_module"] == "lycoris.kohya"

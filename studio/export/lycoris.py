@@ -12,7 +12,8 @@ Layouts written here:
   ``.lora_magnitude_vector``, which ``load_lora_weights`` turns into a peft DoRA layer.
 * **kohya / LyCORIS** (``lora_unet_…``/``lora_te…`` names from the family): LoKr ``lokr_w1``/``lokr_w2``
   (``_a``/``_b`` when peft decomposed a factor, then with ``alpha``; with both factors whole the LyCORIS
-  readers apply no alpha, so peft's ``alpha / r`` is folded into ``lokr_w1``), LoHa ``hada_w1_a`` …
+  readers apply no alpha, so peft's ``alpha / r`` is folded into ``lokr_w1`` and ``alpha`` is 1, which
+  LyCORIS' own loader requires), LoHa ``hada_w1_a`` …
   with ``alpha`` (scale ``alpha / rank``), DoRA ``lora_down``/``lora_up``/``alpha`` plus ``dora_scale``
   [out, 1]. ComfyUI and Forge divide an output-axis ``dora_scale`` by the norm of the *base* weight
   rows, where peft divides its magnitude by the norm of the *adapted* rows; the file's ``dora_scale`` is
@@ -200,8 +201,10 @@ def lycoris_tensors(module: AdapterModule, base: torch.Tensor | None) -> dict[st
         out = {key: value.contiguous() for key, value in t.items()}
         if any(k.endswith(("_a", "_b")) for k in t):
             out["alpha"] = torch.tensor(module.alpha)
-        else:  # LyCORIS readers apply no alpha to whole factors: fold peft's scale into w1
+        else:  # LyCORIS readers apply no alpha to whole factors: fold peft's scale into w1. LyCORIS' own loader
+            # still requires the key (it writes 1 for such a module itself); the others ignore it there.
             out["lokr_w1"] = (t["lokr_w1"] * module.scale).contiguous()
+            out["alpha"] = torch.tensor(1.0)
         return out
     if module.kind == "loha":
         return {key: value.contiguous() for key, value in t.items()} | {"alpha": torch.tensor(module.alpha)}
