@@ -9,8 +9,10 @@ transformer blocks handed to Studio's ``trainers.block_swap.BlockSwapper``, as a
 
 Each row: the peak allocated from the second step on (the allocator settled, optimizer state made), the
 memory plan's prediction for the same settings (``studio.memory_plan.predict`` without the context
-allowance) and their ratio, the bytes parked on the CPU and the step time, so the plan's block-swap and
-fp8 figures (predicted today, docs/performance.md) can be replaced by measured ones.
+allowance) and their ratio, the bytes parked on the CPU, the step time, and for a swapped row the largest
+relative difference of its losses from the same model's unswapped row (same seed: swapping must not
+change the step), so the plan's block-swap and fp8 figures (predicted today, docs/performance.md) can be
+replaced by measured ones and the CUDA-stream path is checked on real sizes.
 ``--smoke`` runs the same code on tiny-flux on the CPU (no memory figures): a check that it runs.
 """
 
@@ -92,6 +94,7 @@ def measure(model: str, kind: str, swap: int, device: torch.device, *, smoke: bo
     from trainers.block_swap import BlockSwapper
     from trainers.quantize import quantize_module
 
+    torch.manual_seed(0)  # the same weights, LoRA and noise for every row of a model: swapped rows compare to unswapped
     if smoke:
         from studio.models import load_base
 
@@ -124,13 +127,13 @@ def measure(model: str, kind: str, swap: int, device: torch.device, *, smoke: bo
     weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     times, losses, peak = _steps(model, denoiser, optimizer, device, resolution, steps, tokens)
-    try:
-        plan = predicted(model, kind, swap, resolution)
+    try:  # (the smoke run's tiny model has no plan of its own)
+        plan = float("nan") if smoke else predicted(model, kind, swap, resolution)
     except Exception:  # noqa: BLE001 - the measurement stands without it
         plan = float("nan")
     row = {"model": model, "quantization": kind, "blocks_to_swap": swap, "quantized_layers": layers,
            "parked_gib": swapper.swapped_bytes() / GIB if swapper else 0.0, "weights_gib": weights / GIB,
-           "peak_gib": peak / GIB, "plan_gib": plan, "peak_over_plan": (peak / GIB) / plan if plan else None,
+           "peak_gib": peak / GIB, "plan_gib": plan, "peak_over_plan": (peak / GIB) / plan if peak and plan == plan else None,
            "step_s": min(times[1:]), "losses": losses, "trainable_params": sum(p.numel() for p in params)}
     if swapper is not None:
         swapper.remove()
@@ -152,7 +155,7 @@ def main() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)  # as flow_memory.py
     machine = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)", "torch": torch.__version__}
     print(json.dumps(machine), flush=True)
-    configs = [("flux-dev", "nf4", 1), ("flux-dev", "fp8", 2), ("flux-dev", "none", 0)] if args.smoke else CONFIGS
+    configs = [("flux-dev", "nf4", 0), ("flux-dev", "nf4", 1), ("flux-dev", "fp8", 2)] if args.smoke else CONFIGS
     rows = []
     for model, kind, swap in configs:
         name = f"{model}-{kind}-swap{swap}"
@@ -167,20 +170,26 @@ def main() -> None:
                 torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
+    for row in rows:  # block swapping must not change the step: its losses beside the unswapped row's
+        plain = next((r for r in rows if r.get("losses") and r["model"] == row["model"]
+                      and r["quantization"] == row["quantization"] and r["blocks_to_swap"] == 0), None)
+        if row.get("losses") and row["blocks_to_swap"] and plain is not None:
+            row["loss_vs_unswapped"] = max(abs(a - b) / abs(b) for a, b in zip(row["losses"], plain["losses"], strict=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "lowvram_memory_smoke" if args.smoke else "lowvram_memory"
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     lines = [f"## LoRA r=16 on a quantized, block-swapped base ({machine['gpu']}, torch {machine['torch']})", "",
-             "| model | base | blocks swapped | parked on CPU GiB | step peak GiB | plan GiB | peak / plan | step s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | base | blocks swapped | parked on CPU GiB | step peak GiB | plan GiB | peak / plan | step s | "
+             "loss vs unswapped (max rel.) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['quantization']} | {r['blocks_to_swap']} | error: {r['error'][:80]} |||||")
             continue
         ratio = f"{r['peak_over_plan']:.2f}" if r["peak_over_plan"] else "-"
+        same = f"{r['loss_vs_unswapped']:.1e}" if "loss_vs_unswapped" in r else "-"
         lines.append(f"| {r['model']} | {r['quantization']} | {r['blocks_to_swap']} | {r['parked_gib']:.2f} | "
-                     f"{r['peak_gib']:.2f} | {r['plan_gib']:.2f} | {ratio} | {r['step_s']:.2f} |")
+                     f"{r['peak_gib']:.2f} | {r['plan_gib']:.2f} | {ratio} | {r['step_s']:.2f} | {same} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
