@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def measure(model: str, kind: str, swap: int, device: torch.device, *, smoke: bo
         plan = float("nan")
     row = {"model": model, "quantization": kind, "blocks_to_swap": swap, "quantized_layers": layers,
            "parked_gib": swapper.swapped_bytes() / GIB if swapper else 0.0, "weights_gib": weights / GIB,
-           "peak_gib": peak / GIB, "plan_gib": plan, "peak_over_plan": (peak / GIB) / plan if peak and plan == plan else None,
+           "peak_gib": peak / GIB, "plan_gib": plan, "peak_over_plan": (peak / GIB) / plan if peak and not math.isnan(plan) else None,
            "step_s": min(times[1:]), "losses": losses, "trainable_params": sum(p.numel() for p in params)}
     if swapper is not None:
         swapper.remove()
