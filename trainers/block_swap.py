@@ -103,14 +103,20 @@ class BlockSwapper:
     give NaNs, so any use of a released block shows in the loss, where on a CPU the two devices are one."""
 
     def __init__(self, blocks: list[torch.nn.Module], device: torch.device, *, log: list | None = None,
-                 released_value=None) -> None:
+                 released_value=None, prepare=None) -> None:
+        """``prepare(block)`` runs on each block just before it is parked (quantization: so only one block at a
+        time is on the device in full)."""
         self.blocks = blocks
         self.device = torch.device(device)
         self.log = log
         self.released_value = released_value or (lambda tensor: tensor)
         self.cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.slots: list[list[_Slot]] = [self._park(block) for block in blocks]
+        self.slots: list[list[_Slot]] = []
+        for block in blocks:
+            if prepare is not None:
+                prepare(block)
+            self.slots.append(self._park(block))
         self.loaded: dict[int, tuple[list[tuple[torch.Tensor, object | None]], object | None]] = {}
         self.handles = []
         for index, block in enumerate(blocks):
@@ -270,7 +276,6 @@ def place_with_swapping(trainer, quantize_and_move) -> BlockSwapper | None:
     from trainers import quantize
 
     kind = trainer.config.base_quantization
-    for block in blocks:  # one block at a time on the device while it is quantized, then parked
-        if kind != "none":
-            quantize.quantize_block(trainer, block, kind)
-    return BlockSwapper(blocks, trainer.device)
+    # each block quantized on the device, then parked on the CPU before the next: one block there at a time
+    prepare = (lambda block: quantize.quantize_block(trainer, block, kind)) if kind != "none" else None
+    return BlockSwapper(blocks, trainer.device, prepare=prepare)
