@@ -181,8 +181,9 @@ class Trainer:
         trainable = self.method.trainable_modules()
         names = list(trainable)
         # with block swapping the swapped blocks' frozen weights stay on the CPU: Accelerate must not move the model
-        placed = [self.swapper is None or name != self.family.denoiser_name for name in names]
-        prepared = self.accelerator.prepare(*trainable.values(), self.optimizer, device_placement=[*placed, True])
+        placement_kwargs = {} if self.swapper is None else {
+            "device_placement": [name != self.family.denoiser_name for name in names] + [True]}
+        prepared = self.accelerator.prepare(*trainable.values(), self.optimizer, **placement_kwargs)
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.models = dict(zip(names, prepared[:-1], strict=True))
         self.optimizer = prepared[-1]
