@@ -197,7 +197,8 @@ def test_subject_train_and_watch_progress(browser_page, ui):
     assert any(re.search(r"updated \d+ s ago", text) for text in seen_texts), seen_texts
     assert "tab=jobs" in page.url and f"job={ui.ws.store.list(kind='train')[0].id}" in page.url
     assert "expected" in page.locator("#job-note").inner_text()  # the tiny model's colour blobs are explained
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    if os.environ.get("STUDIO_UPDATE_SCREENSHOT"):  # the docs' picture; a plain run leaves the checkout clean
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
     job = ui.ws.store.list(kind="train")[0]
     assert job.state == "finished" and (Path(job.run_dir) / "result.json").is_file()
     from trainers.events import read_events
