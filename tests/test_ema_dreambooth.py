@@ -17,7 +17,7 @@ from trainers import METHODS
 from trainers.base import Trainer, prepare_run_dir
 from trainers.checkpoint_view import checkpoint_run
 
-SETTINGS = {"steps": 8, "batch_size": 1, "ema_decay": 0.9, "checkpoint_every": 4}
+SETTINGS = {"steps": 6, "batch_size": 1, "ema_decay": 0.9, "checkpoint_every": 3}
 UNET_FILE = "model/unet/diffusion_pytorch_model.safetensors"
 
 
@@ -61,7 +61,7 @@ def test_resume_with_ema_is_exact(ema_run, sample_subject, tmp_path):
     interrupted = tmp_path / "interrupted"
 
     def stop_after_first_checkpoint(event):
-        if event["type"] == "checkpoint" and event["step"] == 4:
+        if event["type"] == "checkpoint" and event["step"] == 3:
             (interrupted / "cancel.request").touch()
 
     with pytest.raises(trainers.TrainingCancelled):

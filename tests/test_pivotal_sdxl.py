@@ -33,37 +33,27 @@ def sdxl_pivotal(sample_subject, tmp_path_factory):
     return run, export_run(run, "all", tmp_path_factory.mktemp("exports") / "sdxl-pivotal")
 
 
-def _with_token(pipe, source, token: str) -> None:
-    for encoder in ("text_encoder", "text_encoder_2"):
-        tokenizer = encoder.replace("text_encoder", "tokenizer")
-        pipe.load_textual_inversion(source(encoder), token=token, text_encoder=getattr(pipe, encoder),
-                                    tokenizer=getattr(pipe, tokenizer))
-
-
 def test_sdxl_pivotal_export_reloads_with_both_encoders(sdxl_pivotal):
+    """Each pair was loaded by diffusers' own loaders while exporting (every LoRA layer, the token's rows in
+    both encoders, the run's image); the LoRA alone renders another image, so that check can fail."""
     run, result = sdxl_pivotal
     out = result.out_dir
-    names = {item["path"] for item in result.files}
-    assert {"pytorch_lora_weights.safetensors", "learned_embeds_text_encoder.safetensors",
-            "learned_embeds_text_encoder_2.safetensors", "sks.safetensors"} <= names
+    entries = {item["path"]: item for item in result.files}
+    assert set(entries) == {"pytorch_lora_weights.safetensors", "learned_embeds_text_encoder.safetensors",
+                            "learned_embeds_text_encoder_2.safetensors", "sks.safetensors", "sks-toy-pivotal.safetensors"}
+    for entry in entries.values():
+        assert entry["max_abs_diff"] <= 1e-3 and "embedding vectors in 2 text encoder(s)" in entry["check"], entry
+    base = load_base("tiny-sdxl").pipeline
     pair = load_file(str(out / "sks.safetensors"))
     assert {k: tuple(v.shape) for k, v in pair.items()} == {
-        "clip_l": (1, load_base("tiny-sdxl").pipeline.text_encoder.config.hidden_size),
-        "clip_g": (1, load_base("tiny-sdxl").pipeline.text_encoder_2.config.hidden_size)}
-    expected = _image(personalised_pipeline(load_run(run)), PROMPT)
+        "clip_l": (1, base.text_encoder.config.hidden_size), "clip_g": (1, base.text_encoder_2.config.hidden_size)}
+    for encoder, key in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):  # the same rows in both layouts
+        assert torch.equal(load_file(str(out / f"learned_embeds_{encoder}.safetensors"))["<sks>"], pair[key])
 
-    pipe = load_base("tiny-sdxl").pipeline  # diffusers: the LoRA, then load_textual_inversion once per encoder
-    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
-    lora_only = _image(pipe, PROMPT.replace("<sks>", "sks"))
-    _with_token(pipe, lambda encoder: str(out / f"learned_embeds_{encoder}.safetensors"), "<sks>")
-    assert abs(_image(pipe, PROMPT) - expected).max() < 1e-4
-    assert abs(lora_only - expected).max() > 1e-3, "the token made no difference: the test cannot tell"
-
-    pipe = load_base("tiny-sdxl").pipeline  # the webui pair: kohya LoRA + clip_l/clip_g file, typed by its name
-    kohya = next(n for n in names if n.endswith("-pivotal.safetensors"))
-    pipe.load_lora_weights(str(out / kohya))
-    _with_token(pipe, lambda encoder: pair["clip_l" if encoder == "text_encoder" else "clip_g"], "sks")
-    assert abs(_image(pipe, PROMPT.replace("<sks>", "sks")) - expected).max() < 1e-4
+    base.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
+    lora_only = _image(base, PROMPT.replace("<sks>", "sks"))
+    assert abs(lora_only - _image(personalised_pipeline(load_run(run)), PROMPT)).max() > 1e-3, \
+        "the token made no difference: the export's image check cannot tell"
 
     source = resolve_adapter(out)  # studio generate / the playground read the export folder as a pair
     assert source.companion is not None and source.companion.token == "<sks>"

@@ -163,6 +163,9 @@ def _diffusers_on_kohya(ctx: ExportContext, path: Path, weights: AdapterWeights)
     except Exception as error:  # diffusers refuses what it cannot convert
         return {"proof": PROOF_OWN_CODE, "loads": "refused", "loader": loader, "refused": f"{type(error).__name__}: {str(error)[:200]}"}
     attached = _attached_layers(pipe)
+    if not attached:  # it read nothing from the file (SD3's layout): no image to compare
+        return {"proof": PROOF_OWN_CODE, "loads": "none", "loader": loader, "modules_loaded": 0,
+                "note": "diffusers attaches no layer from this layout; use the peft or diffusers export"}
     difference = image_difference(render(pipe, ctx.spec), ctx.reference_image())
     complete = len(attached) == len(weights.modules) and difference <= IMAGE_TOLERANCE
     return {"proof": PROOF_OWN_CODE, "loads": "all" if complete else ("partial" if attached else "none"),
