@@ -127,6 +127,7 @@ def _export_fused_kohya(ctx: ExportContext, weights: AdapterWeights, label: str)
     reading of every original weight it touches must equal the adapter's."""
     from safetensors.torch import load_file
 
+    from studio.export.consumers import layout_of
     from studio.export.consumers.lycoris_flow_rules import lycoris_flow_reports
     from studio.export.lycoris_fused import fused_lycoris_state, intended_weights, original_bases
 
@@ -140,7 +141,7 @@ def _export_fused_kohya(ctx: ExportContext, weights: AdapterWeights, label: str)
     state = load_file(str(path))  # what a consumer reads: the file itself
     bases, adapted = intended_weights(weights, ctx.family, config, members, encoders)
     shapes = {target: (int(base.shape[0]), int(base[0].numel())) for target, base in bases.items()}
-    verdicts = lycoris_flow_reports(state, ctx.layout(), shapes, bases, adapted)
+    verdicts = lycoris_flow_reports(state, layout_of(pipe.components, ctx.family), shapes, bases, adapted)
     failed = [name for name in KOHYA_WRITTEN_FOR if verdicts[name]["loads"] != "all"]
     if failed:
         raise ExportVerificationError(f"kohya {label} {path.name}: by {failed[0]}'s rules it would not load completely at "
