@@ -78,7 +78,8 @@ def test_exports_reload_and_fused_file_reads_exactly(runs, name):
     for consumer in (COMFYUI, FORGE):
         verdict = kohya["consumers"][consumer]
         assert verdict["loads"] == "all" and verdict["strength"] == "as trained", verdict
-    assert {kohya["consumers"][c]["loads"] for c in ("A1111", "kohya sd-scripts")} == {"not checked"}
+    assert kohya["consumers"]["kohya sd-scripts"]["loads"] == "not checked"
+    assert kohya["consumers"]["A1111"]["loads"] == {"flux": "none", "sd3": "not checked"}[family]  # no Flux model
     state = load_file(str(result.out_dir / KOHYA_FILE))
     fused = {"flux": "lora_unet_double_blocks_0_img_attn_qkv", "sd3": "lora_unet_joint_blocks_0_x_block_attn_qkv"}[family]
     tensor = {"dora": "dora_scale", "loha": "hada_w1_a"}[kind]

@@ -6,7 +6,8 @@ the LyCORIS adapters' (:mod:`.lycoris_rules`: ``kron``, the Hadamard product, ``
 base rows). A file's verdict per tool: every key placed (Forge refuses a file with more than 12 it cannot
 place), every factor fitting its target's shape, and, given the base weights, every target's adapted weight
 equal to what the adapter means (:func:`studio.export.lycoris_fused.intended_weights`).
-AUTOMATIC1111 and sd-scripts are named as not checked, as for LoRA files.
+sd-scripts is named as not checked; AUTOMATIC1111 gets the LoRA files' verdict (it has no Flux model; SD3 not
+checked).
 """
 
 from __future__ import annotations
@@ -111,8 +112,12 @@ def lycoris_flow_report(consumer: str, state: dict[str, torch.Tensor], layout: M
 def lycoris_flow_reports(state: dict[str, torch.Tensor], layout: ModelLayout, shapes: dict[str, tuple[int, int]],
                          bases: dict[str, torch.Tensor] | None = None,
                          adapted: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
-    """ComfyUI's and Forge's verdicts by their rules; A1111 and sd-scripts named as not checked."""
+    """ComfyUI's and Forge's verdicts by their rules; sd-scripts named as not checked; A1111 as for LoRA files
+    (no Flux model; SD3 not checked)."""
+    from studio.export.consumers.flow_sd_scripts import A1111, a1111_verdict
+
     verdicts = {name: lycoris_flow_report(name, state, layout, shapes, bases, adapted) for name in FLOW_KEY_RULE_CONSUMERS}
     for name, why in NOT_CHECKED.items():
         verdicts[name] = {"proof": "none", "loads": "not checked", "why": why}
+    verdicts[A1111] = a1111_verdict(layout.family.name)
     return verdicts
