@@ -18,6 +18,7 @@ from test_trainers_learn import loss_before_and_after
 from studio.errors import StudioError
 from studio.export.consumers.flow_rules import COMFYUI, FORGE, diffusers_slots
 from studio.export.consumers.lycoris_flow_rules import lycoris_flow_reports
+from studio.export.consumers.lycoris_package import CONSUMER as LYCORIS_CONSUMER
 from studio.export.exporter import export_run
 from studio.export.lycoris import AdapterModule, AdapterWeights
 from studio.export.lycoris_fused import fused_lycoris_state, intended_weights
@@ -78,8 +79,11 @@ def test_exports_reload_and_fused_file_reads_exactly(runs, name):
     for consumer in (COMFYUI, FORGE):
         verdict = kohya["consumers"][consumer]
         assert verdict["loads"] == "all" and verdict["strength"] == "as trained", verdict
-    assert kohya["consumers"]["kohya sd-scripts"]["loads"] == "not checked"
-    assert kohya["consumers"]["A1111"]["loads"] == {"flux": "none", "sd3": "not checked"}[family]  # no Flux model
+    # sd-scripts' own module: DoRA's LoRA part without dora_scale, no LoHa; A1111: no Flux, no SD3.5 model
+    assert kohya["consumers"]["kohya sd-scripts"]["loads"] == {"dora": "partial", "loha": "none"}[kind]
+    assert kohya["consumers"]["A1111"]["loads"] == "none"
+    # LyCORIS' own loader (scripts/test-compat): every key; LoHa as trained at alpha = rank, DoRA another strength
+    assert kohya["consumers"][LYCORIS_CONSUMER]["loads"] == {"dora": "partial", "loha": "all"}[kind]
     state = load_file(str(result.out_dir / KOHYA_FILE))
     fused = {"flux": "lora_unet_double_blocks_0_img_attn_qkv", "sd3": "lora_unet_joint_blocks_0_x_block_attn_qkv"}[family]
     tensor = {"dora": "dora_scale", "loha": "hada_w1_a"}[kind]

@@ -163,7 +163,7 @@ def test_sd35_kohya_file_loads_fully_in_comfyui_and_forge_and_reads_back(sd35):
         verdict = consumer_report(name, state, weights, layout)
         assert verdict["loads"] == "all", verdict
     verdicts = flow_consumers(state, weights, layout)
-    assert verdicts["A1111"]["loads"] == "not checked"  # A1111 runs SD3; its LoRA names are not restated
+    assert verdicts["A1111"]["loads"] == "none"  # A1111 runs SD3 medium only (studio.export.consumers.a1111_sd3)
     no_alpha = {k: v for k, v in state.items() if not k.endswith(".alpha")}
     assert consumer_report(SD_SCRIPTS, no_alpha, weights, layout)["loads"] == "refused"  # it reads one per module
     unswapped = dict(state)

@@ -20,7 +20,7 @@ import torch
 from studio.atomic import save_safetensors
 from studio.export.consumers import PROOF_OWN_CODE
 from studio.export.consumers.lycoris_package import CONSUMER as LYCORIS_CONSUMER
-from studio.export.consumers.lycoris_package import lycoris_package_not_checked, lycoris_package_verdict
+from studio.export.consumers.lycoris_package import lycoris_flow_package_verdict, lycoris_package_verdict
 from studio.export.consumers.lycoris_rules import lycoris_reports
 from studio.export.context import ExportContext
 from studio.export.lora_export import _version
@@ -147,7 +147,7 @@ def _export_fused_kohya(ctx: ExportContext, weights: AdapterWeights, label: str)
         raise ExportVerificationError(f"kohya {label} {path.name}: by {failed[0]}'s rules it would not load completely at "
                                       f"its trained strength ({verdicts[failed[0]]}). The export was not written.")
     verdicts["diffusers"] = _diffusers_on_kohya(ctx, path, weights)
-    verdicts[LYCORIS_CONSUMER] = lycoris_package_not_checked()
+    verdicts[LYCORIS_CONSUMER] = lycoris_flow_package_verdict(weights.kind, state)
     loaded_by = [name for name, verdict in verdicts.items() if verdict["loads"] == "all"]
     ctx.record(path, f"{label} (kohya / LyCORIS)", ", ".join(loaded_by),
                f"{len(weights.modules)} modules in {len(shapes)} weights of the original fused layout; by their key "

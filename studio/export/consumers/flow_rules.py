@@ -24,7 +24,7 @@ accept (ComfyUI ``comfy/lora.py`` ``model_lora_keys_unet``/``_clip`` with ``comf
   ``text_encoder.text_model.encoder.layers.N.<proj>``; CLIP-G's (SD3) as ``lora_te2_`` or
   ``text_encoder_2.text_model.…``.
 * **kohya sd-scripts** (``networks/lora_flux.py``, ``lora_sd3.py``): kohya names on the whole original weight
-  only, not every module (:mod:`.flow_sd_scripts`); AUTOMATIC1111: no Flux model, SD3 not restated.
+  only, not every module (:mod:`.flow_sd_scripts`); AUTOMATIC1111: no Flux model, SD3 in :mod:`.a1111_sd3`.
 * **Tensors**: ``lora_up``/``lora_down``, ``lora_B``/``lora_A``, ``lora.up``/``lora.down``; alpha only from a
   ``<name>.alpha`` tensor (scale = alpha / rank, 1 without one). Forge refuses a file with more than 12
   keys it cannot place.
@@ -51,10 +51,6 @@ COMFYUI = "ComfyUI"
 FORGE = "Forge"
 FORGE_MAX_UNMATCHED = 12
 PAIRS = (KOHYA_PAIR, PEFT_PAIR, DIFFUSERS_PAIR)
-NOT_CHECKED = {  # for files whose rules are not restated (LyCORIS types); plain LoRA files get flow_consumers' verdicts
-    "A1111": "AUTOMATIC1111's Flux/SD3 LoRA rules are not restated here: no claim either way",
-    "kohya sd-scripts": "sd-scripts' lora_flux/lora_sd3 network rules are not restated here: no claim either way",
-}
 SD_SCRIPTS = "kohya sd-scripts"  # its rules: studio.export.consumers.flow_sd_scripts
 FLOW_KEY_RULE_CONSUMERS = (COMFYUI, FORGE)  # a kohya file must load fully in these (Studio's export refuses otherwise)
 REPORTED_CONSUMERS = (*FLOW_KEY_RULE_CONSUMERS, SD_SCRIPTS)  # every consumer whose rules give a verdict here
@@ -291,7 +287,13 @@ def consumer_report(consumer: str, state: dict[str, torch.Tensor], weights: Lora
                     layout: ModelLayout) -> dict[str, Any]:
     """One consumer's verdict on one Flux/SD3 LoRA file, for export.json (see
     :func:`studio.export.consumers.consumer_report` for the fields)."""
-    result = match(consumer, list(state), layout)
+    return report_from_match(match(consumer, list(state), layout), state, weights, layout)
+
+
+def report_from_match(result: KeyMatch, state: dict[str, torch.Tensor], weights: LoraWeights,
+                      layout: ModelLayout) -> dict[str, Any]:
+    """The verdict from a consumer's matched modules (``modules``: :class:`Slot` -> (down key, up key)): the
+    update it applies to every target compared with what the LoRA means there."""
     applied, misfit = applied_updates(state, result)
     intended = intended_updates(weights, layout)
     wrong = sorted(t for t in set(applied) | set(intended)
@@ -328,10 +330,13 @@ def is_flow(family) -> bool:
 
 
 def flow_consumers(state: dict[str, torch.Tensor], weights: LoraWeights, layout: ModelLayout) -> dict[str, dict]:
-    """Every consumer's verdict on a Flux/SD3 LoRA file: ComfyUI, Forge and sd-scripts by their rules; A1111
-    as :func:`studio.export.consumers.flow_sd_scripts.a1111_verdict` says (no Flux model; SD3 not restated)."""
-    from studio.export.consumers.flow_sd_scripts import A1111, a1111_verdict
+    """Every consumer's verdict on a Flux/SD3 LoRA file: ComfyUI, Forge and sd-scripts by their rules; A1111 has
+    no Flux model (:func:`studio.export.consumers.flow_sd_scripts.a1111_verdict`) and its SD3 rules are
+    :mod:`studio.export.consumers.a1111_sd3`."""
+    from studio.export.consumers.a1111_sd3 import A1111, a1111_sd3_report
+    from studio.export.consumers.flow_sd_scripts import a1111_verdict
 
     verdicts = {name: consumer_report(name, state, weights, layout) for name in REPORTED_CONSUMERS}
-    verdicts[A1111] = a1111_verdict(layout.family.name)
+    flux = layout.family.name == "flux"
+    verdicts[A1111] = a1111_verdict(layout.family.name) if flux else a1111_sd3_report(state, weights, layout)
     return verdicts

@@ -18,9 +18,14 @@ loads the file with ``strict=False``: any other key is dropped without a word. A
   (``context_embedder``, ``t_embedder``, ``x_embedder`` (the patch conv), ``y_embedder``, ``final_layer``).
   CLIP-L ``lora_te1_``, CLIP-G ``lora_te2_``, T5 ``lora_te3_``.
 
-AUTOMATIC1111 has no Flux model at all (Flux runs in its fork Forge), so it loads no Flux LoRA. It does load
-SD3 medium checkpoints since 1.10 (a port of SAI's own code); how its LoRA extension names SD3's layers is
-not restated here, so no claim is made either way.
+LyCORIS files (DoRA, LoHa): ``create_network_from_weights`` sizes a module only from a ``<name>.lora_down`` key
+(``modules_dim``), so a LoHa file (``hada_*``) creates no module and loads nothing (LyCORIS' own network module,
+``--network_module lycoris.kohya``, reads it: :mod:`.lycoris_package`); a DoRA file's ``lora_down``/``lora_up``/
+``alpha`` make plain LoRA modules and its ``dora_scale`` is left out by ``strict=False``: every weight gets
+``W + ΔW`` without the magnitude.
+
+AUTOMATIC1111 has no Flux model at all (Flux runs in its fork Forge), so it loads no Flux LoRA; its SD3 rules
+are :mod:`.a1111_sd3`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
+
 from studio.export.consumers.layout import ModelLayout
+from studio.export.consumers.rules import KOHYA_PAIR, match_keys
 
 NAME = "kohya sd-scripts"
 A1111 = "A1111"
@@ -56,13 +64,35 @@ def sd_scripts_names(layout: ModelLayout, original_weights: set[str], text_slots
 
 
 def a1111_verdict(family_name: str) -> dict[str, Any]:
-    """AUTOMATIC1111's verdict on a Flux or SD3 LoRA file."""
-    if family_name == "flux":
-        return {"proof": "none", "loads": "none", "modules_loaded": 0,
-                "why": "AUTOMATIC1111 has no Flux model (Flux runs in its fork Forge): it cannot load a Flux LoRA"}
-    return {"proof": "none", "loads": "not checked",
-            "why": "A1111 1.10+ runs SD3 medium with its port of SAI's code; how its LoRA extension names SD3's "
-                   "layers is not restated here: no claim either way"}
+    """AUTOMATIC1111's verdict on a Flux file (SD3's depends on the file: :mod:`.a1111_sd3`)."""
+    if family_name != "flux":
+        raise ValueError("A1111's SD3 verdict is studio.export.consumers.a1111_sd3's")
+    return {"proof": "none", "loads": "none", "modules_loaded": 0,
+            "why": "AUTOMATIC1111 has no Flux model (Flux runs in its fork Forge): it cannot load a Flux LoRA"}
 
 
-__all__ = ["A1111", "NAME", "a1111_verdict", "sd_scripts_names"]
+def sd_scripts_lycoris_report(state: dict[str, torch.Tensor], layout: ModelLayout) -> dict[str, Any]:
+    """sd-scripts' own network module (``lora_flux``/``lora_sd3``) on a Flux/SD3 LyCORIS file (DoRA, LoHa)."""
+    from studio.export.consumers.flow_rules import consumer_names
+
+    in_file = {key.split(".")[0] for key in state}
+    result = match_keys(NAME, list(state), consumer_names(NAME, layout), (KOHYA_PAIR,))
+    report: dict[str, Any] = {"proof": "key rules", "modules_loaded": len(result.modules), "modules_in_file": len(in_file),
+                              "keys_dropped": len(result.dropped)}
+    if result.dropped:
+        report["dropped"] = result.dropped[:10]
+    if not result.modules:
+        return report | {"loads": "none", "why": "sd-scripts creates modules only from lora_down/lora_up/alpha keys; "
+                                                 "LoHa needs --network_module lycoris.kohya (LyCORIS' own loader)"}
+    without_alpha = [name for name in result.modules if name not in result.alphas]
+    if without_alpha:
+        return report | {"loads": "refused", "refused": f"{len(without_alpha)} modules without an alpha tensor"}
+    scales = [key for key in result.dropped if key.endswith(".dora_scale")]
+    report["loads"] = "partial" if result.dropped or len(result.modules) < len(in_file) else "all"
+    if scales:
+        report["strength"] = (f"another: dora_scale ignored on {len(scales)} modules (W + ΔW without the magnitude; "
+                              "use --network_module lycoris.kohya or ComfyUI/Forge)")
+    return report
+
+
+__all__ = ["A1111", "NAME", "a1111_verdict", "sd_scripts_lycoris_report", "sd_scripts_names"]

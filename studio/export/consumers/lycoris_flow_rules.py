@@ -6,8 +6,9 @@ the LyCORIS adapters' (:mod:`.lycoris_rules`: ``kron``, the Hadamard product, ``
 base rows). A file's verdict per tool: every key placed (Forge refuses a file with more than 12 it cannot
 place), every factor fitting its target's shape, and, given the base weights, every target's adapted weight
 equal to what the adapter means (:func:`studio.export.lycoris_fused.intended_weights`).
-sd-scripts is named as not checked; AUTOMATIC1111 gets the LoRA files' verdict (it has no Flux model; SD3 not
-checked).
+kohya sd-scripts' own network module reads none of LoHa and DoRA without its magnitude
+(:func:`.flow_sd_scripts.sd_scripts_lycoris_report`); AUTOMATIC1111 has no Flux model and refuses these SD3 files
+(:mod:`.a1111_sd3`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from studio.export.consumers.flow_rules import (
     FLOW_KEY_RULE_CONSUMERS,
     FORGE,
     FORGE_MAX_UNMATCHED,
-    NOT_CHECKED,
+    SD_SCRIPTS,
     consumer_names,
 )
 from studio.export.consumers.layout import ModelLayout
@@ -112,12 +113,12 @@ def lycoris_flow_report(consumer: str, state: dict[str, torch.Tensor], layout: M
 def lycoris_flow_reports(state: dict[str, torch.Tensor], layout: ModelLayout, shapes: dict[str, tuple[int, int]],
                          bases: dict[str, torch.Tensor] | None = None,
                          adapted: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
-    """ComfyUI's and Forge's verdicts by their rules; sd-scripts named as not checked; A1111 as for LoRA files
-    (no Flux model; SD3 not checked)."""
-    from studio.export.consumers.flow_sd_scripts import A1111, a1111_verdict
+    """ComfyUI's and Forge's verdicts by their rules and arithmetic; sd-scripts' and A1111's by their rules."""
+    from studio.export.consumers.a1111_sd3 import A1111, a1111_sd3_lycoris_report
+    from studio.export.consumers.flow_sd_scripts import a1111_verdict, sd_scripts_lycoris_report
 
     verdicts = {name: lycoris_flow_report(name, state, layout, shapes, bases, adapted) for name in FLOW_KEY_RULE_CONSUMERS}
-    for name, why in NOT_CHECKED.items():
-        verdicts[name] = {"proof": "none", "loads": "not checked", "why": why}
-    verdicts[A1111] = a1111_verdict(layout.family.name)
+    verdicts[SD_SCRIPTS] = sd_scripts_lycoris_report(state, layout)
+    flux = layout.family.name == "flux"
+    verdicts[A1111] = a1111_verdict(layout.family.name) if flux else a1111_sd3_lycoris_report(state, layout)
     return verdicts

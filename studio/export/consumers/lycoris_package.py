@@ -10,11 +10,17 @@ LoKr and LoHa merge to the run's weights. DoRA does not: LyCORIS divides ``dora_
 *adapted* rows (as peft does), ComfyUI and Forge by the *base* rows, and the file's ``dora_scale`` is written
 for ComfyUI and Forge (:mod:`studio.export.lycoris`), so under LyCORIS each row is off by
 ``‖W‖ / ‖W + ΔW‖``: the modules load, at another strength.
+
+Flux/SD3 files (the fused original layout) are checked the same way on tiny-flux and tiny-sd3 (tests/test_export_lycoris_flow_package.py): every key consumed;
+LoHa exact on LyCORIS' inference path, DoRA at another strength as above. lycoris-lora 4.1.3's merge path scales a
+LoHa module by ``alpha / rank`` twice (:func:`twice_scaled`): exact only where alpha equals the rank.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 PACKAGE = "lycoris-lora==4.1.3"
 CONSUMER = "sd-scripts + LyCORIS (lycoris.kohya)"
@@ -31,7 +37,29 @@ def lycoris_package_verdict(kind: str) -> dict[str, Any]:
     return {"proof": PROOF, "loads": "all", "loader": LOADER, "keys": "all consumed", "strength": "as trained"}
 
 
-def lycoris_package_not_checked() -> dict[str, Any]:
-    """For the flow families' fused layout, which this proof does not cover."""
-    return {"proof": "none", "loads": "not checked",
-            "why": "LyCORIS' own loader is run on SD1.x files only (scripts/test-compat): no claim either way"}
+FLOW_PROOF = "own code, in scripts/test-compat (tests/test_export_lycoris_flow_package.py)"
+
+
+def twice_scaled(state: dict[str, torch.Tensor]) -> list[str]:
+    """LoHa modules whose ``alpha`` is not their rank: lycoris-lora 4.1.3's ``LohaModule.get_merged_weight`` (what
+    ``merge_to`` writes) scales their update by ``alpha / rank`` twice (once in ``get_weight``, once in
+    ``get_diff_weight``); its forward path (``apply_to``) scales once, as the file means."""
+    return sorted(key.removesuffix(".hada_w1_b") for key, value in state.items() if key.endswith(".hada_w1_b")
+                  and f"{key.removesuffix('.hada_w1_b')}.alpha" in state
+                  and float(state[f"{key.removesuffix('.hada_w1_b')}.alpha"]) != value.shape[0])
+
+
+def lycoris_flow_package_verdict(kind: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """LyCORIS' own loader on a Flux/SD3 DoRA or LoHa file in the fused original layout: sd-scripts' Flux and MMDiT
+    models carry BFL's/SAI's names, and ``create_network_from_weights`` builds a module for every
+    ``lora_unet_<name>``/``lora_te<N>_<name>`` whose layer it finds (it does not consult its target-module list
+    there), so every key is consumed (tiny-flux, tiny-sd3: 7 of 7 and 9 of 9 modules)."""
+    if kind == "dora":
+        return lycoris_package_verdict("dora") | {"proof": FLOW_PROOF}
+    verdict = {"proof": FLOW_PROOF, "loads": "all", "loader": LOADER, "keys": "all consumed", "strength": "as trained"}
+    doubled = twice_scaled(state)
+    if doubled:
+        verdict |= {"loads": "partial", "strength": f"as trained when applied (apply_to); merge_to scales {len(doubled)} "
+                                                    "modules whose alpha is not their rank by alpha/rank twice",
+                    "merged_wrong": doubled[:10]}
+    return verdict
