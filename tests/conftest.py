@@ -34,6 +34,20 @@ def sample_subject(tiny_data_dir, tmp_path_factory) -> Path:
     return out
 
 
+def train_until_cancelled(config, subject: Path, run: Path, at_step: int) -> None:
+    """Train ``config`` into ``run`` and stop it the way a user does (a cancel request) right after the
+    checkpoint at ``at_step``; the run is left as a cancelled run that can be resumed."""
+    import trainers
+    from studio.run_layout import cancel_path
+
+    def cancel_after_checkpoint(event) -> None:
+        if event["type"] == "checkpoint" and event["step"] == at_step:
+            cancel_path(run).touch()
+
+    with pytest.raises(trainers.TrainingCancelled):
+        trainers.train(config, subject, run, listener=cancel_after_checkpoint)
+
+
 def tiny_config(method: str, **overrides):
     """A small, fast config for tests (64 px, no samples/checkpoints unless asked)."""
     from studio.config import load_config

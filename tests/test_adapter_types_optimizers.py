@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_until_cancelled
 from safetensors.torch import load_file
 from test_trainers_learn import loss_before_and_after
 
@@ -95,12 +95,7 @@ def test_resume_is_exact(sample_subject, tmp_path, overrides):
     trainers.train(tiny_config("lora", **settings), sample_subject, straight)
     interrupted = tmp_path / "interrupted"
 
-    def stop_after_first_checkpoint(event):
-        if event["type"] == "checkpoint" and event["step"] == 6:
-            (interrupted / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("lora", **settings), sample_subject, interrupted, listener=stop_after_first_checkpoint)
+    train_until_cancelled(tiny_config("lora", **settings), sample_subject, interrupted, at_step=6)
     trainers.resume(interrupted)
     folders = [""] + (["weights-raw", "weights-ema"] if overrides.get("ema_decay") else [])
     for folder in folders:

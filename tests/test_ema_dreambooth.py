@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_until_cancelled
 from safetensors.torch import load_file
 
 import trainers
@@ -60,12 +60,7 @@ def test_ema_and_raw_exports_reload(ema_run, tmp_path):
 def test_resume_with_ema_is_exact(ema_run, sample_subject, tmp_path):
     interrupted = tmp_path / "interrupted"
 
-    def stop_after_first_checkpoint(event):
-        if event["type"] == "checkpoint" and event["step"] == 3:
-            (interrupted / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("dreambooth", **SETTINGS), sample_subject, interrupted, listener=stop_after_first_checkpoint)
+    train_until_cancelled(tiny_config("dreambooth", **SETTINGS), sample_subject, interrupted, at_step=3)
     trainers.resume(interrupted)
     for folder in ("", "weights-raw"):
         expected = load_file(str(ema_run.run_dir / folder / UNET_FILE))

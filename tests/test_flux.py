@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_until_cancelled
 from safetensors.torch import load_file
 
 import trainers
@@ -148,12 +148,7 @@ def test_lora_resume_is_exact(sample_subject, tmp_path):
     trainers.train(tiny_config("lora", **settings), sample_subject, straight)
     interrupted = tmp_path / "interrupted"
 
-    def stop_after_first_checkpoint(event):
-        if event["type"] == "checkpoint" and event["step"] == 3:
-            (interrupted / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("lora", **settings), sample_subject, interrupted, listener=stop_after_first_checkpoint)
+    train_until_cancelled(tiny_config("lora", **settings), sample_subject, interrupted, at_step=3)
     trainers.resume(interrupted)
     expected = load_file(str(straight / "adapter" / "pytorch_lora_weights.safetensors"))
     resumed = load_file(str(interrupted / "adapter" / "pytorch_lora_weights.safetensors"))

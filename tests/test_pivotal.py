@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_until_cancelled
 from safetensors.torch import load_file
 from test_trainers_learn import loss_before_and_after
 
@@ -92,12 +92,7 @@ def test_resume_is_exact(sample_subject, tmp_path):
     trainers.train(tiny_config("pivotal", **settings), sample_subject, straight)
     interrupted = tmp_path / "interrupted"
 
-    def stop_after_first_checkpoint(event):
-        if event["type"] == "checkpoint" and event["step"] == 6:
-            (interrupted / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("pivotal", **settings), sample_subject, interrupted, listener=stop_after_first_checkpoint)
+    train_until_cancelled(tiny_config("pivotal", **settings), sample_subject, interrupted, at_step=6)
     trainers.resume(interrupted)
     for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors"):
         expected = load_file(str(straight / "adapter" / name))
@@ -119,7 +114,7 @@ def test_refuses_other_adapter_types(sample_subject, tmp_path):
         trainers.train(tiny_config("pivotal", adapter_type="lokr", steps=1), sample_subject, tmp_path / "run")
 
 
-def _image(pipe, prompt: str):
+def render(pipe, prompt: str):
     import numpy as np
 
     pipe.set_progress_bar_config(disable=True)
@@ -143,7 +138,7 @@ def test_export_reloads_into_fresh_diffusers_pipelines(pivotal_run, pivotal_expo
     out = pivotal_export.out_dir
     run = load_run(pivotal_run)
     prompt = "a photo of <sks> toy on a beach"
-    expected = _image(personalised_pipeline(run), prompt)
+    expected = render(personalised_pipeline(run), prompt)
     names = {item["path"] for item in pivotal_export.files}
     assert {"pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "sks.safetensors"} <= names
     kohya = next(n for n in names if n.endswith("-pivotal.safetensors"))
@@ -152,15 +147,15 @@ def test_export_reloads_into_fresh_diffusers_pipelines(pivotal_run, pivotal_expo
 
     pipe = load_base("tiny-sd").pipeline
     pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
-    lora_only = _image(pipe, prompt.replace("<sks>", "sks"))
+    lora_only = render(pipe, prompt.replace("<sks>", "sks"))
     pipe.load_textual_inversion(str(out / "learned_embeds.safetensors"))
-    assert abs(_image(pipe, prompt) - expected).max() < 1e-4
+    assert abs(render(pipe, prompt) - expected).max() < 1e-4
     assert abs(lora_only - expected).max() > 1e-3, "the token made no difference: the test cannot tell"
 
     pipe = load_base("tiny-sd").pipeline  # the webui pair, as A1111/ComfyUI users get it
     pipe.load_lora_weights(str(out / kohya))
     pipe.load_textual_inversion(str(out / "sks.safetensors"), token="sks")
-    assert abs(_image(pipe, prompt.replace("<sks>", "sks")) - expected).max() < 1e-4
+    assert abs(render(pipe, prompt.replace("<sks>", "sks")) - expected).max() < 1e-4
 
 
 def test_generate_applies_the_export_folder_and_the_run(pivotal_run, pivotal_export):

@@ -4,11 +4,11 @@ diffusers' own loaders into a fresh tiny-sdxl pipeline, renders the run's image;
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
+from test_pivotal import render
 
 import trainers
 from studio.adapters import resolve_adapter
@@ -18,12 +18,6 @@ from studio.runs import load_run, personalised_pipeline
 
 PROMPT = "a photo of <sks> toy"
 
-
-def _image(pipe, prompt: str) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(prompt, num_inference_steps=3, guidance_scale=5.0, height=64, width=64, output_type="np",
-               generator=torch.Generator().manual_seed(3))
-    return np.asarray(out.images[0])
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +45,8 @@ def test_sdxl_pivotal_export_reloads_with_both_encoders(sdxl_pivotal):
         assert torch.equal(load_file(str(out / f"learned_embeds_{encoder}.safetensors"))["<sks>"], pair[key])
 
     base.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
-    lora_only = _image(base, PROMPT.replace("<sks>", "sks"))
-    assert abs(lora_only - _image(personalised_pipeline(load_run(run)), PROMPT)).max() > 1e-3, \
+    lora_only = render(base, PROMPT.replace("<sks>", "sks"))
+    assert abs(lora_only - render(personalised_pipeline(load_run(run)), PROMPT)).max() > 1e-3, \
         "the token made no difference: the export's image check cannot tell"
 
     source = resolve_adapter(out)  # studio generate / the playground read the export folder as a pair

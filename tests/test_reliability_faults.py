@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_until_cancelled
 from safetensors.torch import load_file
 
 import trainers
@@ -107,12 +107,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(sample_subject, tmp_p
     trainers.train(tiny_config("lora", **settings), sample_subject, straight)
     run = tmp_path / "run"
 
-    def stop_at_four(event):
-        if event["type"] == "checkpoint" and event["step"] == 4:
-            (run / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("lora", **settings), sample_subject, run, listener=stop_at_four)
+    train_until_cancelled(tiny_config("lora", **settings), sample_subject, run, at_step=4)
     damaged = run / "checkpoints" / "step-000004" / "trainable.safetensors"
     damaged.write_bytes(b"\xff" * 16)  # what a failing disk or an interrupted copy leaves: an invalid header
     seen: list[dict] = []
@@ -130,12 +125,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(sample_subject, tmp_p
 def test_resume_with_no_readable_checkpoint_names_each_file_and_the_fix(sample_subject, tmp_path):
     run = tmp_path / "run"
 
-    def stop_at_two(event):
-        if event["type"] == "checkpoint" and event["step"] == 2:
-            (run / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("lora", steps=4, checkpoint_every=2, batch_size=1), sample_subject, run, listener=stop_at_two)
+    train_until_cancelled(tiny_config("lora", steps=4, checkpoint_every=2, batch_size=1), sample_subject, run, at_step=2)
     (run / "checkpoints" / "step-000002" / "trainer.json").write_text("{")
     with pytest.raises(StudioError, match=r"step-000002 \(trainer.json: JSONDecodeError.*Delete those folders to restart"):
         trainers.resume(run)
@@ -176,12 +166,7 @@ def test_exactly_one_of_many_racing_processes_creates_a_run(sample_subject, tmp_
 def test_a_second_process_on_a_busy_run_is_refused(sample_subject, tmp_path):
     run = tmp_path / "run"
 
-    def stop_at_two(event):
-        if event["type"] == "checkpoint" and event["step"] == 2:
-            (run / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("lora", steps=400, checkpoint_every=2, batch_size=1), sample_subject, run, listener=stop_at_two)
+    train_until_cancelled(tiny_config("lora", steps=400, checkpoint_every=2, batch_size=1), sample_subject, run, at_step=2)
     first = studio("train", "--resume", str(run), "--quiet")
     wait_until(lambda: is_locked(run) or first.poll() is not None, what="the first resume to take the run lock")
     second = studio("train", "--resume", str(run), "--quiet")
@@ -256,12 +241,7 @@ def test_signals_during_export_leave_no_temporaries(tiny_lora_run, tmp_path):
 def test_a_crashed_checkpoint_write_is_cleaned_at_the_next_start(sample_subject, tmp_path):
     run = tmp_path / "run"
 
-    def stop_at_two(event):
-        if event["type"] == "checkpoint" and event["step"] == 2:
-            (run / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config("lora", steps=4, checkpoint_every=2, batch_size=1), sample_subject, run, listener=stop_at_two)
+    train_until_cancelled(tiny_config("lora", steps=4, checkpoint_every=2, batch_size=1), sample_subject, run, at_step=2)
     crashed = run / "checkpoints" / ".step-000004.k3j9x0qa.tmp"  # the name atomic_dir gives a checkpoint being written
     crashed.mkdir()
     (crashed / "trainable.safetensors").write_bytes(b"partial")

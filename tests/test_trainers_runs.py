@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import tiny_config, train_until_cancelled
 from safetensors.torch import load_file
 
 import trainers
@@ -35,12 +35,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(sample_subject, tmp
 
     interrupted = tmp_path / "interrupted"
 
-    def stop_after_first_checkpoint(event):
-        if event["type"] == "checkpoint" and event["step"] == 10:
-            (interrupted / "cancel.request").touch()
-
-    with pytest.raises(trainers.TrainingCancelled):
-        trainers.train(tiny_config(method, **settings), sample_subject, interrupted, listener=stop_after_first_checkpoint)
+    train_until_cancelled(tiny_config(method, **settings), sample_subject, interrupted, at_step=10)
     assert run_state(read_events(interrupted)) == "cancelled"
     assert not (interrupted / "adapter").exists(), "a cancelled run must not present a result"
     trainers.resume(interrupted)

@@ -113,7 +113,9 @@ def _export_svd(ctx: ExportContext, rank: int) -> None:
     )
     for where, verdicts in summary["consumers"].items():
         for consumer, verdict in verdicts.items():
-            if verdict["loads"] != "all" and "modules_loaded" in verdict:  # not "not checked"
+            if verdict["loads"] != "all" and "why" in verdict:  # a consumer that has no place for the file
+                ctx.notes.append(f"{consumer} does not load `{where}` ({verdict['loads']}): {verdict['why']}.")
+            elif verdict["loads"] != "all" and "modules_in_file" in verdict:  # counted, not "not checked"
                 ctx.notes.append(
                     f"{consumer} loads {verdict['modules_loaded']} of the {verdict['modules_in_file']} layers of "
                     f"`{where}` ({verdict['loads']}); the {len(verdict.get('left_out', []))} it leaves out are "
