@@ -199,7 +199,7 @@ def _load_lora(pipe, source: AdapterSource, adapter_name: str) -> None:
         from safetensors.torch import load_file
 
         from studio.families import family_for
-        from studio.families.sd3_names import diffusers_state_from_kohya
+        from studio.families.sd3.names import diffusers_state_from_kohya
 
         state = diffusers_state_from_kohya(load_file(str(source.path)), pipe, family_for(pipe))
         pipe.load_lora_weights(state, adapter_name=adapter_name)

@@ -92,7 +92,7 @@ def test_consumer_arithmetic_catches_a_wrong_scale():
     weights = AdapterWeights("lokr", [module])
     base = {("unet", path): torch.randn(32, 32, generator=generator)}
     try:
-        from studio.export.sdxl_names import sgm_unet_name
+        from studio.families.sdxl.names import sgm_unet_name
 
         sgm_unet_name(path, layout.unet_config)
     except Exception:

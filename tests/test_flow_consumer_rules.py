@@ -173,7 +173,7 @@ def test_sd35_kohya_file_loads_fully_in_comfyui_and_forge_and_reads_back(sd35):
 
 
 def test_sd3_kohya_layout_reads_back_every_update_at_tiny_size():
-    from studio.families.sd3_names import kohya_sd3_state, read_kohya_sd3_state
+    from studio.families.sd3.names import kohya_sd3_state, read_kohya_sd3_state
     from studio.models.tiny_sd3 import tiny_sd3_transformer
 
     model = tiny_sd3_transformer()
@@ -194,7 +194,7 @@ def test_sd3_kohya_layout_reads_back_every_update_at_tiny_size():
     # the same file as diffusers-named factors, for studio generate
     from types import SimpleNamespace
 
-    from studio.families.sd3_names import diffusers_state_from_kohya
+    from studio.families.sd3.names import diffusers_state_from_kohya
 
     factors = diffusers_state_from_kohya(state, SimpleNamespace(transformer=model), family)
     assert {k.removeprefix("transformer.").removesuffix(".lora_A.weight") for k in factors if ".lora_A." in k} == {

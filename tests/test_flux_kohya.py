@@ -7,7 +7,7 @@ import torch
 
 from studio.export.lora_weights import LoraModule
 from studio.families.flux import FluxFamily
-from studio.families.flux_names import kohya_flux_state
+from studio.families.flux.names import kohya_flux_state
 
 
 def real_width_flux():
@@ -68,7 +68,7 @@ def test_full_transformer_in_bfl_layout_reads_back_through_diffusers():
     model, so those members get FLUX.1's rows here and every other tensor the tiny model's shape."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
-    from studio.families.flux_names import bfl_transformer_state
+    from studio.families.flux.names import bfl_transformer_state
     from studio.models.tiny_flux import tiny_flux_transformer
 
     state = tiny_flux_transformer().state_dict()

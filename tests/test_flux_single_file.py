@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from studio.export.flux_single_file import (
+from studio.families.flux.names import bfl_transformer_state
+from studio.families.flux.single_file import (
     comfyui_flux_checkpoint,
     diffusers_transformer_state,
     forge_flux_checkpoint,
 )
-from studio.families.flux_names import bfl_transformer_state
 
 
 def test_inverse_conversion_reads_every_tensor_back():

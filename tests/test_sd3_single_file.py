@@ -1,4 +1,4 @@
-"""SD3's all-in-one single file (studio.families.sd3_checkpoint): diffusers' own converter reads Studio's MMDiT
+"""SD3's all-in-one single file (studio.families.sd3.checkpoint): diffusers' own converter reads Studio's MMDiT
 names back tensor for tensor, and ComfyUI's/Forge's checkpoint rules load the real SD3.5 medium layout (meta
 device) fully and refuse what they cannot build. The tiny export's reload by from_single_file (image difference 0)
 is tests/test_flow_export.py's DreamBooth test."""
@@ -12,7 +12,7 @@ import torch
 
 from studio.errors import StudioError
 from studio.export.consumers.sd3_checkpoint import CLIP_G, CLIP_L, T5_XXL, VAE_BLOCKS, sd3_checkpoint_verdict
-from studio.families.sd3_checkpoint import diffusers_mmdit_state, mmdit_state, single_file_state
+from studio.families.sd3.checkpoint import diffusers_mmdit_state, mmdit_state, single_file_state
 
 SD35_MEDIUM = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
                "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,

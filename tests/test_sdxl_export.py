@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from studio.export.lora_weights import read_diffusers_lora
-from studio.export.sdxl_names import kohya_lora_name, sdxl_single_file_state, sgm_unet_name
+from studio.families.sdxl.names import kohya_lora_name, sdxl_single_file_state, sgm_unet_name
 from studio.lora_files import save_diffusers_lora
 from studio.models import builtin_path, load_base
 

@@ -1,7 +1,7 @@
 """Export a DreamBooth run: the diffusers folder, one original-layout ``.safetensors``, or an SVD LoRA.
 
 The single file uses SD1.x's original layout (``studio.export.ldm_keys``) or SDXL's SGM layout
-(``studio.export.sdxl_names``); it is reloaded with the family pipeline's ``from_single_file``, with the
+(``studio.families.sdxl.names``); it is reloaded with the family pipeline's ``from_single_file``, with the
 run's own model folder as the offline ``config``.
 """
 

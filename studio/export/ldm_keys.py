@@ -73,7 +73,7 @@ def unet_key(key: str, per: int, up_attention: set[int]) -> str:
 
     ``per`` is ``layers_per_block + 1`` (block slots per level, the downsampler included) and
     ``up_attention`` the up-block indices that have attentions (their upsampler moves to slot 2).
-    Shared by SD1.x single files and SDXL's SGM names (``studio.export.sdxl_names``).
+    Shared by SD1.x single files and SDXL's SGM names (``studio.families.sdxl.names``).
     """
     if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]

@@ -4,7 +4,7 @@ One ``.safetensors``: per adapted module ``<name>.lora_down.weight`` [rank, in(,
 ``<name>.lora_up.weight`` [out, rank(, 1, 1)] and ``<name>.alpha`` (scale = alpha / rank), where
 ``<name>`` is a prefix plus the module path with ``.`` replaced by ``_``. SD1.x/2.x UNets keep
 diffusers' module names (sd-scripts trains those on the diffusers UNet); SDXL's use the original SGM
-block names and ``lora_te1_``/``lora_te2_`` (``studio.export.sdxl_names``); text encoders are named
+block names and ``lora_te1_``/``lora_te2_`` (``studio.families.sdxl.names``); text encoders are named
 from CLIP's ``text_model.`` root. Training facts go into ``ss_*`` and ``modelspec.*`` metadata.
 """
 

@@ -5,7 +5,7 @@ Flux single block's ``proj_mlp``) are one fused weight (:meth:`studio.families.b
 A fused module is written so that its update is exactly the members' updates stacked on the output axis:
 
 * **DoRA**: the members' downs stacked and their ups block-diagonal (scale folded in, alpha = rank) as for
-  LoRA (:mod:`studio.families.flux_names`), and ``dora_scale`` [rows, 1] per output row. ComfyUI/Forge
+  LoRA (:mod:`studio.families.flux.names`), and ``dora_scale`` [rows, 1] per output row. ComfyUI/Forge
   normalise each row by the *base* row norm (:mod:`studio.export.lycoris`), so a trained member's rows hold
   peft's magnitude times ``(‖W‖ + eps) / ‖W + ΔW‖`` and an untrained member's rows ``‖W‖ + eps`` (no change).
 * **LoHa**: ``ΔW = (w1a·w1b) ⊙ (w2a·w2b)`` is row-wise, so stacking rows commutes with the Hadamard product:

@@ -1,4 +1,5 @@
-"""Model families: one module each, registered in :data:`FAMILIES` (most specific first).
+"""Model families: one folder each (a subpackage), found by :mod:`studio.families.discovery` and listed in
+:data:`FAMILIES` by their ``detection_order`` (most specific first).
 
 ``family_for`` recognises a pipeline (or its components), ``family_for_keys`` a single-file
 checkpoint, ``family_named`` the name a run's result records.
@@ -10,14 +11,9 @@ from typing import Any
 
 from studio.errors import StudioError
 from studio.families.base import ModelFamily, PromptEmbedding
-from studio.families.flux import FluxFamily
-from studio.families.sd import StableDiffusion2Family, StableDiffusionFamily
-from studio.families.sd3 import StableDiffusion3Family
-from studio.families.sdxl import StableDiffusionXLFamily
+from studio.families.discovery import discover_families
 
-FAMILIES: tuple[type[ModelFamily], ...] = (
-    FluxFamily, StableDiffusion3Family, StableDiffusionXLFamily, StableDiffusion2Family, StableDiffusionFamily,
-)
+FAMILIES: tuple[type[ModelFamily], ...] = discover_families(__path__, __name__)
 
 
 def _lora_components() -> tuple[str, ...]:

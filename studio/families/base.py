@@ -87,11 +87,15 @@ class ModelFamily(ABC):
 
     The family owns the model's shape: its components and denoiser, how it is recognised (from a
     pipeline's components and from a single file's keys), prompt encoding, the denoiser's inputs, the
-    training objective, and the names each export format uses. Adding a family is one module here,
-    registered in :data:`studio.families.FAMILIES`; nothing outside asks which family it is.
+    training objective, and the names each export format uses. Adding a family is one folder here
+    (a subpackage declaring ``FAMILY_CLASSES``), found by :mod:`studio.families.discovery` and listed in
+    :data:`studio.families.FAMILIES`; nothing outside asks which family it is.
     """
 
     name: str
+    # Where family_for/family_for_keys ask this family, lowest first: a family whose detect would also accept
+    # another's pipelines comes after it. Each class sets its own (subclasses too); no two families share one.
+    detection_order: int
     label: str = ""
     default_resolution: int
     denoiser_name: str = "unet"

@@ -42,7 +42,7 @@ def _processor_spelling(path: str) -> str:
 
 def lora_names(layout: ModelLayout) -> dict[str, tuple[str, str]]:
     """Every name ComfyUI maps to a layer of this model."""
-    from studio.export.sdxl_names import sgm_unet_name
+    from studio.families.sdxl.names import sgm_unet_name
 
     names: dict[str, tuple[str, str]] = {}
     for module in layout.modules:

@@ -30,7 +30,7 @@ accept (ComfyUI ``comfy/lora.py`` ``model_lora_keys_unet``/``_clip`` with ``comf
   keys it cannot place.
 
 The update each tool would make is compared, target by target, with what the LoRA means (Studio's own
-placement: :mod:`studio.families.flux_names`, :mod:`studio.families.sd3_names`) on random probe vectors,
+placement: :mod:`studio.families.flux.names`, :mod:`studio.families.sd3.names`) on random probe vectors,
 so real-width layouts cost no full ``[out, in]`` products.
 """
 
@@ -244,8 +244,8 @@ def applied_updates(state: dict[str, torch.Tensor], result: KeyMatch) -> tuple[d
 
 
 def intended_updates(weights: LoraWeights, layout: ModelLayout) -> dict[str, torch.Tensor]:
-    """What the LoRA means, per target, by Studio's own placement (:mod:`studio.families.flux_names`,
-    :mod:`studio.families.sd3_names`)."""
+    """What the LoRA means, per target, by Studio's own placement (:mod:`studio.families.flux.names`,
+    :mod:`studio.families.sd3.names`)."""
     denoiser = layout.family.denoiser_name
     effects: dict[str, dict[int, torch.Tensor]] = {}
     for module in weights.modules:
@@ -261,13 +261,13 @@ def intended_updates(weights: LoraWeights, layout: ModelLayout) -> dict[str, tor
 
 def _studio_slot(path: str, layout: ModelLayout) -> Slot:
     if layout.family.name == "flux":
-        from studio.families.flux_names import SWAPPED, group_of, member_sizes
+        from studio.families.flux.names import SWAPPED, group_of, member_sizes
 
         group, index = group_of(path)
         sizes = member_sizes(group, layout.unet_config)
         offset = sum(sizes[:index]) if sizes else None
         return Slot(group.name, offset, sizes[index] if sizes else None, path in SWAPPED)
-    from studio.families.sd3_names import place
+    from studio.families.sd3.names import place
 
     name, members, index, swapped = place(path, layout.unet_config)
     if len(members) == 1:

@@ -22,7 +22,7 @@ ComfyUI (*Load Checkpoint*: ``comfy/model_detection.py`` ``unet_prefix_from_stat
 So a file loads "all" when every tensor of the model these rules build is in it with its shape and it
 holds nothing else under those prefixes; tiny models (narrower than 64 · depth) are refused, and why is
 said. The expected names come from the diffusers classes built on the meta device, named by
-:mod:`studio.families.sd3_checkpoint`.
+:mod:`studio.families.sd3.checkpoint`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from studio.families.sd3_checkpoint import (
+from studio.families.sd3.checkpoint import (
     CLIP_G_PREFIX,
     CLIP_L_PREFIX,
     DENOISER_PREFIX,
@@ -83,7 +83,7 @@ def _built(component: str, config: dict[str, Any], latent_channels: int = 16) ->
 
     from studio.export.ldm_keys import vae_to_ldm
     from studio.families.base import clip_rooted_path
-    from studio.families.sd3_checkpoint import mmdit_state
+    from studio.families.sd3.checkpoint import mmdit_state
 
     text = {"CLIP-L": lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L)),
             "CLIP-G": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G)),

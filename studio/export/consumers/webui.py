@@ -34,7 +34,7 @@ _ENCODER_LAYER = re.compile(r"^text_model\.encoder\.layers\.\d+\.")
 
 
 def a1111_names(layout: ModelLayout) -> dict[str, tuple[str, str]]:
-    from studio.export.sdxl_names import sgm_unet_name
+    from studio.families.sdxl.names import sgm_unet_name
 
     names: dict[str, tuple[str, str]] = {}
     for module in layout.modules:

@@ -2,7 +2,7 @@
 ``context_block``), with query, key and value fused into one ``qkv`` module.
 
 ComfyUI places every ``lora_unet_<original weight name with _>`` on that whole weight (its generic rule for
-any diffusion model), so a fused module's LoRA is written as in :mod:`studio.families.flux_names`: the
+any diffusion model), so a fused module's LoRA is written as in :mod:`studio.families.flux.names`: the
 members' downs stacked, their ups block-diagonal (each at its output rows and its own rank columns, zeros
 for a member without a LoRA), every member padded to one rank, the scale folded into the ups (alpha = rank).
 The last block's ``context_block.adaLN_modulation.1`` and the final layer's modulation hold (shift, scale)

@@ -27,6 +27,7 @@ TRAINING_GUIDANCE = 3.5
 
 class FluxFamily(ModelFamily):
     name = "flux"
+    detection_order = 10
     label = "Flux.1"
     default_resolution = 1024
     denoiser_name = "transformer"
@@ -37,9 +38,9 @@ class FluxFamily(ModelFamily):
     modelspec_architecture = "flux-1-dev/lora"
     # kohya sd-scripts' Flux LoRA names (networks/lora_flux.py): the transformer under ``lora_unet_`` in
     # BFL's block names, CLIP-L under ``lora_te1_``; T5 LoRAs (``lora_te3_``) are not trained here.
-    fused_kohya_layout = True  # BFL's names, qkv and linear1 fused (studio.families.flux_names)
+    fused_kohya_layout = True  # BFL's names, qkv and linear1 fused (studio.families.flux.names)
     kohya_network_module = "networks.lora_flux"
-    single_file_writer = "studio.export.flux_single_file"  # BFL's transformer file
+    single_file_writer = "studio.families.flux.single_file"  # BFL's transformer file
     prompt_argument_names = ("prompt", "prompt_2")  # CLIP-L, T5
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
     # No instruction-tuned pipeline (FLUX.1 Kontext is another model). Inpainting blends on the plain model.
@@ -129,13 +130,13 @@ class FluxFamily(ModelFamily):
 
     def kohya_state(self, modules: list, denoiser_config: Any) -> dict[str, torch.Tensor]:
         """kohya/ComfyUI tensors of LoRA ``modules`` in BFL's layout."""
-        from studio.families.flux_names import kohya_flux_state
+        from studio.families.flux.names import kohya_flux_state
 
         return kohya_flux_state(modules, denoiser_config, self.kohya_lora_name)
 
     def kohya_place(self, path: str, denoiser_config: Any) -> FusedPlace:
         """BFL's module for a diffusers transformer module (qkv and linear1 fused)."""
-        from studio.families.flux_names import SWAPPED, group_of, member_sizes
+        from studio.families.flux.names import SWAPPED, group_of, member_sizes
 
         group, slot = group_of(path)
         sizes = member_sizes(group, denoiser_config)
@@ -143,7 +144,7 @@ class FluxFamily(ModelFamily):
 
     def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
         """The transformer's per-module weight updates a kohya Flux file holds (diffusers paths)."""
-        from studio.families.flux_names import read_kohya_flux_state
+        from studio.families.flux.names import read_kohya_flux_state
 
         return read_kohya_flux_state(state, denoiser_config)
 
@@ -160,3 +161,6 @@ class FluxFamily(ModelFamily):
         from diffusers import FluxImg2ImgPipeline, FluxPipeline
 
         return FluxPipeline, FluxImg2ImgPipeline
+
+
+FAMILY_CLASSES: tuple[type[ModelFamily], ...] = (FluxFamily,)  # found by studio.families.discovery

@@ -2,7 +2,7 @@
 (``sd3_medium_incl_clips_t5xxlfp16.safetensors``) and what ComfyUI's *Load Checkpoint* and diffusers'
 ``StableDiffusion3Pipeline.from_single_file`` read.
 
-* ``model.diffusion_model.`` + the MMDiT's names (:mod:`studio.families.sd3_names`' module names with the
+* ``model.diffusion_model.`` + the MMDiT's names (:mod:`studio.families.sd3.names`' module names with the
   ``weight``/``bias`` leaf): query, key and value fused into ``qkv`` (rows q, k, v); the QK RMS norms as
   ``attn.ln_q`` / ``ln_k``; the patch embedding ``x_embedder.proj`` and the position table ``pos_embed``
   (no leaf); the last block's ``context_block.adaLN_modulation.1`` and ``final_layer.adaLN_modulation.1``
@@ -25,7 +25,7 @@ import torch
 
 from studio.errors import StudioError
 from studio.families.base import clip_rooted_path
-from studio.families.sd3_names import place
+from studio.families.sd3.names import place
 
 DENOISER_PREFIX = "model.diffusion_model."
 CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
@@ -33,7 +33,7 @@ CLIP_G_PREFIX = "text_encoders.clip_g.transformer."
 T5_PREFIX = "text_encoders.t5xxl.transformer."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = {"text_encoder": CLIP_L_PREFIX, "text_encoder_2": CLIP_G_PREFIX, "text_encoder_3": T5_PREFIX}
-# diffusers name -> original name, for tensors outside the Linear modules sd3_names places
+# diffusers name -> original name, for tensors outside the Linear modules names.py places
 _PLAIN = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj.weight": "x_embedder.proj.weight",
           "pos_embed.proj.bias": "x_embedder.proj.bias"}
 _NORMS = {"attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
@@ -115,7 +115,7 @@ def diffusers_mmdit_state(original: dict[str, torch.Tensor], config: Any) -> dic
 
 
 def _block_members() -> list[str]:
-    from studio.families.sd3_names import GROUPS
+    from studio.families.sd3.names import GROUPS
 
     return [member for members in GROUPS.values() for member in members]
 

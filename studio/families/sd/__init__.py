@@ -20,6 +20,7 @@ def _text_width(components: dict[str, Any]) -> int:
 
 class StableDiffusionFamily(ModelFamily):
     name = "sd1"
+    detection_order = 50
     label = "Stable Diffusion 1.x"
     default_resolution = 512
     text_encoder_names = ("text_encoder",)
@@ -69,6 +70,7 @@ class StableDiffusionFamily(ModelFamily):
 
 class StableDiffusion2Family(StableDiffusionFamily):
     name = "sd2"
+    detection_order = 40  # before SD1.x, whose class it extends
     label = "Stable Diffusion 2.x"
     default_resolution = 768
     kohya_base_model_version = "sd_v2"
@@ -86,3 +88,6 @@ class StableDiffusion2Family(StableDiffusionFamily):
     @classmethod
     def detect_keys(cls, keys: list[str]) -> bool:
         return False  # read by StableDiffusionFamily's loader (the same pipeline class)
+
+
+FAMILY_CLASSES: tuple[type[ModelFamily], ...] = (StableDiffusionFamily, StableDiffusion2Family)  # found by studio.families.discovery

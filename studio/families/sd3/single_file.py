@@ -1,5 +1,5 @@
 """SD3/3.5 DreamBooth as one all-in-one file in Stability's original layout
-(:mod:`studio.families.sd3_checkpoint`): the MMDiT, CLIP-L, CLIP-G, T5 (when the base has one) and the VAE.
+(:mod:`studio.families.sd3.checkpoint`): the MMDiT, CLIP-L, CLIP-G, T5 (when the base has one) and the VAE.
 
 Proof. (1) diffusers' own loader: ``StableDiffusion3Pipeline.from_single_file`` with the run's model folder as
 the offline ``config`` reads every component back; every tensor is compared with the run's pipeline and the

@@ -22,6 +22,7 @@ T5_SEQUENCE_LENGTH = 256  # the pipeline's default max_sequence_length
 
 class StableDiffusion3Family(ModelFamily):
     name = "sd3"
+    detection_order = 20
     label = "Stable Diffusion 3.5"
     default_resolution = 1024
     denoiser_name = "transformer"
@@ -30,11 +31,11 @@ class StableDiffusion3Family(ModelFamily):
     hub_tags = ("sd3", "sd3-diffusers")
     kohya_base_model_version = "sd3"
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
-    fused_kohya_layout = True  # SAI's MMDiT names, qkv fused (studio.families.sd3_names)
+    fused_kohya_layout = True  # SAI's MMDiT names, qkv fused (studio.families.sd3.names)
     kohya_network_module = "networks.lora_sd3"
-    supports_single_file = True  # SAI's all-in-one layout (studio.families.sd3_checkpoint)
+    supports_single_file = True  # SAI's all-in-one layout (studio.families.sd3.checkpoint)
     prompt_argument_names = ("prompt", "prompt_2", "prompt_3")
-    single_file_writer = "studio.export.sd3_single_file"
+    single_file_writer = "studio.families.sd3.single_file"
     kohya_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     # diffusers has no SD3 ControlNet img2img pipeline, and its ControlNet inpainting pipeline is for inpainting
     # ControlNets (the masked image is the control), not a control image plus a mask; no instruction-tuned one.
@@ -53,13 +54,13 @@ class StableDiffusion3Family(ModelFamily):
 
     def kohya_state(self, modules: list, denoiser_config: Any) -> dict[str, torch.Tensor]:
         """kohya/ComfyUI tensors of LoRA ``modules`` in SAI's MMDiT layout."""
-        from studio.families.sd3_names import kohya_sd3_state
+        from studio.families.sd3.names import kohya_sd3_state
 
         return kohya_sd3_state(modules, denoiser_config, self.kohya_lora_name)
 
     def kohya_place(self, path: str, denoiser_config: Any) -> FusedPlace:
         """SAI's MMDiT module for a diffusers transformer module (qkv fused)."""
-        from studio.families.sd3_names import _sizes, place
+        from studio.families.sd3.names import _sizes, place
 
         name, members, slot, swapped = place(path, denoiser_config)
         sizes = _sizes(members, denoiser_config)
@@ -67,13 +68,13 @@ class StableDiffusion3Family(ModelFamily):
 
     def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
         """Every weight in SAI's all-in-one checkpoint layout (ComfyUI's *Load Checkpoint*, ``from_single_file``)."""
-        from studio.families.sd3_checkpoint import single_file_state
+        from studio.families.sd3.checkpoint import single_file_state
 
         return single_file_state(pipe)
 
     def read_kohya_state(self, state: dict[str, torch.Tensor], denoiser_config: Any) -> dict[str, torch.Tensor]:
         """The transformer's per-module weight updates a kohya SD3 file holds (diffusers paths)."""
-        from studio.families.sd3_names import read_kohya_sd3_state
+        from studio.families.sd3.names import read_kohya_sd3_state
 
         return read_kohya_sd3_state(state, denoiser_config)
 
@@ -141,3 +142,6 @@ class StableDiffusion3Family(ModelFamily):
         from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 
         return StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline
+
+
+FAMILY_CLASSES: tuple[type[ModelFamily], ...] = (StableDiffusion3Family,)  # found by studio.families.discovery

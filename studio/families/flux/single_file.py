@@ -9,7 +9,7 @@ here (export ``--format diffusers``).
 Proof. diffusers' own single-file converter hard-codes FLUX.1's widths (``tests/test_flux_kohya.py`` runs
 it at those widths), so a tiny model's file cannot be read by it. Instead: (1) own code — the file is
 converted back by :func:`diffusers_transformer_state` (the inverse of
-:func:`studio.families.flux_names.bfl_transformer_state`), every tensor compared with the run's
+:func:`studio.families.flux.names.bfl_transformer_state`), every tensor compared with the run's
 transformer, then loaded with ``load_state_dict(strict=True)`` into a fresh base pipeline that renders
 the studio's image; (2) key rules — :func:`comfyui_flux_checkpoint` restates how ComfyUI recognises
 and sizes a Flux checkpoint and compares the model it would build with the file's names and shapes;
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from studio.errors import StudioError
-from studio.families.flux_names import (
+from studio.families.flux.names import (
     DOUBLE_GROUPS,
     DOUBLE_NORMS,
     OUTER,

@@ -28,6 +28,7 @@ def sdxl_time_ids(resolution: int | tuple[int, int], batch: int, *, dtype=None, 
 
 class StableDiffusionXLFamily(ModelFamily):
     name = "sdxl"
+    detection_order = 30
     label = "Stable Diffusion XL"
     hub_tags = ("stable-diffusion-xl", "stable-diffusion-xl-diffusers")
     supports_single_file = True
@@ -64,7 +65,7 @@ class StableDiffusionXLFamily(ModelFamily):
             from studio.errors import StudioError
 
             raise StudioError("kohya names of an SDXL LoRA need the UNet config (its block layout).")
-        from studio.export.sdxl_names import sgm_unet_name
+        from studio.families.sdxl.names import sgm_unet_name
 
         return self.kohya_prefixes["unet"] + sgm_unet_name(path, unet_config).replace(".", "_")
 
@@ -91,8 +92,8 @@ class StableDiffusionXLFamily(ModelFamily):
         }
 
     def single_file_state(self, pipe) -> dict[str, torch.Tensor]:
-        """SDXL's original SGM layout (``studio.export.sdxl_names``)."""
-        from studio.export.sdxl_names import sdxl_single_file_state
+        """SDXL's original SGM layout (``studio.families.sdxl.names``)."""
+        from studio.families.sdxl.names import sdxl_single_file_state
 
         return sdxl_single_file_state(pipe)
 
@@ -100,3 +101,6 @@ class StableDiffusionXLFamily(ModelFamily):
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline
+
+
+FAMILY_CLASSES: tuple[type[ModelFamily], ...] = (StableDiffusionXLFamily,)  # found by studio.families.discovery
