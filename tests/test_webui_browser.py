@@ -383,6 +383,35 @@ def test_every_tab_is_readable_and_labelled(browser_page, ui):
     assert not problems, problems
 
 
+def test_only_the_shown_tab_polls(browser_page, ui):
+    """The Jobs, Evaluate and Export tabs poll every second only while shown: a page left on Generate sends
+    the server nothing (the CPU stays with training), and the Jobs tab polls again once shown."""
+    page = browser_page
+    calls: list[str] = []
+
+    def count(request) -> None:
+        if request.method == "POST" and "/queue/join" in request.url:
+            calls.append(request.url)
+
+    page.on("request", count)
+    try:
+        for tab in ("Jobs", "Evaluate", "Export"):  # Gradio mounts a tab (and starts its timer) when first shown
+            open_tab(page, tab)
+        open_tab(page, "Generate")
+        page.wait_for_timeout(1_000)  # the switch itself and its settling
+        calls.clear()
+        page.wait_for_timeout(3_000)
+        hidden = len(calls)
+        open_tab(page, "Jobs")
+        page.wait_for_timeout(1_000)
+        calls.clear()
+        page.wait_for_timeout(3_000)
+        shown = len(calls)
+    finally:
+        page.remove_listener("request", count)
+    assert hidden == 0 and shown >= 2, (hidden, shown)
+
+
 def test_generate_paints_a_mask_with_a_controlnet(browser_page, ui):
     """Paint over the start image, add a control image and a ControlNet: the subject is inpainted under control,
     the page shows what the ControlNet sees, and the PNG saved in the data dir carries the full recipe."""

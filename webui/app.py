@@ -62,6 +62,7 @@ def build_app(ctx: Context) -> gr.Blocks:
         pages = {"subject": subject_page, "train": train_page, "jobs": jobs_page, "evaluate": evaluate_page,
                  "export": export_page, "generate": generate_page}
         url_state.remember(tabs, pages, jobs_tab.select)
+        poll_only_where_seen(pages, {"jobs": jobs_tab.timer, "evaluate": evaluate_tab.timer, "export": export_tab.timer})
 
         def after_create(name):
             choices = train.subject_choices(ctx)
@@ -88,6 +89,17 @@ def build_app(ctx: Context) -> gr.Blocks:
         app.load(_environment_banner, None, environment, api_name=False)
         url_state.restore(app, ctx, tabs, set(pages), jobs_tab.select)
     return app
+
+
+def poll_only_where_seen(pages: dict[str, gr.Tab], timers: dict[str, gr.Timer]) -> None:
+    """Each tab's 1-second poll runs only while that tab is shown: hidden tabs cost the server and the
+    browser nothing (a training run on the same machine keeps the cores). Selecting a tab, by a click or
+    by the server (a started job opens Jobs, a URL restores its tab), starts its poll, which catches up
+    from the run directory at once."""
+    names = list(timers)
+    for name, page in pages.items():
+        page.select(lambda shown=name: tuple(gr.Timer(active=other == shown) for other in names), None,
+                    [timers[other] for other in names], api_name=False, show_progress="hidden")
 
 
 def _environment_banner():
