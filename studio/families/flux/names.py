@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from studio.families.fused_lora import stack_members, swap_halves
+
 DOUBLE_PREFIX = "transformer_blocks."
 SINGLE_PREFIX = "single_transformer_blocks."
 # BFL module in a double block -> diffusers members (in output order)
@@ -102,25 +104,10 @@ def kohya_flux_state(modules: list, config: Any, kohya_te_name) -> dict[str, tor
         group, slot = group_of(module.path)
         groups.setdefault(group, {})[slot] = module
     for group, members in groups.items():
-        rank = max(m.rank for m in members.values())
-        some = next(iter(members.values()))
-        sizes = member_sizes(group, config) or [some.up.shape[0]]
-        down = torch.zeros(rank * len(sizes), some.down.shape[1], dtype=torch.float32)
-        up = torch.zeros(sum(sizes), rank * len(sizes), dtype=torch.float32)
-        row = 0
-        for slot, size in enumerate(sizes):
-            member = members.get(slot)
-            if member is not None:
-                member_up = member.up.float() * member.scale
-                if member.path in SWAPPED:
-                    member_up = torch.cat(member_up.chunk(2, dim=0)[::-1])
-                down[slot * rank: slot * rank + member.rank] = member.down.float()
-                up[row: row + size, slot * rank: slot * rank + member.rank] = member_up
-            row += size
+        sizes = member_sizes(group, config) or [next(iter(members.values())).up.shape[0]]
         name = "lora_unet_" + group.name.replace(".", "_")
-        state[f"{name}.lora_down.weight"] = down.to(some.down.dtype)
-        state[f"{name}.lora_up.weight"] = up.to(some.up.dtype)
-        state[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
+        for suffix, tensor in stack_members(members, sizes, lambda member: member.path in SWAPPED).items():
+            state[f"{name}.{suffix}"] = tensor
     return state
 
 
@@ -149,7 +136,7 @@ def read_kohya_flux_state(state: dict[str, torch.Tensor], config: Any) -> dict[s
         for path, size in zip(group.members, member_sizes(group, config) or [full.shape[0]], strict=True):
             part = full[row: row + size]
             if path in SWAPPED:
-                part = torch.cat(part.chunk(2, dim=0)[::-1])
+                part = swap_halves(part)
             if part.abs().max() > 0:
                 deltas[path] = part
             row += size
@@ -192,6 +179,6 @@ def bfl_transformer_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             raise StudioError(f"{group.name}.{leaf}: the transformer lacks some of {group.members}.")
         value = torch.cat([parts[i] for i in range(len(group.members))])
         if group.members[0] in SWAPPED:
-            value = torch.cat(value.chunk(2, dim=0)[::-1])
+            value = swap_halves(value)
         out[f"{group.name}.{leaf}"] = value.contiguous()
     return out

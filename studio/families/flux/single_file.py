@@ -34,6 +34,7 @@ from studio.families.flux.names import (
     bfl_transformer_state,
     member_sizes,
 )
+from studio.families.fused_lora import swap_halves
 
 FORMAT = "full model (single file, BFL transformer)"
 # ComfyUI's model_detection, Flux branch (restated): a Flux model is recognised by this key; its widths
@@ -70,7 +71,7 @@ def diffusers_transformer_state(bfl: dict[str, torch.Tensor], config: Any) -> di
                 raise StudioError(f"{group.name}.{leaf}: {value.shape[0]} rows, the config says {sum(sizes)}.")
             for path, part in zip(group.members, value.split(sizes), strict=True):
                 if path in SWAPPED:
-                    part = torch.cat(part.chunk(2, dim=0)[::-1])
+                    part = swap_halves(part)
                 out[f"{path}.{leaf}"] = part.contiguous()
     for count, prefix, bfl_prefix, norms in ((config.num_layers, "transformer_blocks.", "double_blocks.", DOUBLE_NORMS),
                                              (config.num_single_layers, "single_transformer_blocks.", "single_blocks.",

@@ -25,6 +25,7 @@ import torch
 
 from studio.errors import StudioError
 from studio.families.base import clip_rooted_path
+from studio.families.fused_lora import swap_halves
 from studio.families.sd3.names import place
 
 DENOISER_PREFIX = "model.diffusion_model."
@@ -42,9 +43,6 @@ _NORMS = {"attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k"
 _BLOCK = "transformer_blocks."
 _CLIP_L_PROJECTION = "text_projection.weight"
 
-
-def _swap(value: torch.Tensor) -> torch.Tensor:
-    return torch.cat(value.chunk(2, dim=0)[::-1])
 
 
 def _norm_name(module: str) -> str | None:
@@ -73,7 +71,7 @@ def mmdit_state(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.
         if len(parts) != len(members):
             raise StudioError(f"{name}.{leaf}: the SD3 transformer lacks some of {members}.")
         value = torch.cat([parts[i] for i in range(len(members))])
-        out[f"{name}.{leaf}"] = (_swap(value) if swapped else value).contiguous()
+        out[f"{name}.{leaf}"] = (swap_halves(value) if swapped else value).contiguous()
     return out
 
 
@@ -104,7 +102,7 @@ def diffusers_mmdit_state(original: dict[str, torch.Tensor], config: Any) -> dic
             if value is None:
                 continue
             if swapped:
-                value = _swap(value)
+                value = swap_halves(value)
             part = value if len(members) == 1 else value[slot * width: (slot + 1) * width]
             out[f"{module}.{leaf}"] = part.contiguous()
     used = {f"{place(m, config)[0]}.{leaf}" for m in modules for leaf in ("weight", "bias")}

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from studio.errors import StudioError
+from studio.families.fused_lora import stack_members, swap_halves
 
 PREFIX = "transformer_blocks."
 GROUPS = {  # original module inside joint_blocks.N -> diffusers members (output order)
@@ -68,10 +69,6 @@ def _sizes(members: tuple[str, ...], config: Any) -> list[int] | None:
     return [int(config.num_attention_heads) * int(config.attention_head_dim)] * len(members)
 
 
-def _swap(value: torch.Tensor) -> torch.Tensor:
-    return torch.cat(value.chunk(2, dim=0)[::-1])
-
-
 def kohya_sd3_state(modules: list, config: Any, kohya_te_name) -> dict[str, torch.Tensor]:
     """The kohya/ComfyUI state of LoRA ``modules`` (:class:`studio.export.lora_weights.LoraModule`)."""
     state: dict[str, torch.Tensor] = {}
@@ -90,29 +87,14 @@ def kohya_sd3_state(modules: list, config: Any, kohya_te_name) -> dict[str, torc
             member = chosen[0]
             member_up = member.up.float() * member.scale
             if place(member.path, config)[3]:
-                member_up = _swap(member_up)
+                member_up = swap_halves(member_up)
             state[f"{stem}.lora_down.weight"] = member.down
             state[f"{stem}.lora_up.weight"] = member_up.to(member.up.dtype)
             state[f"{stem}.alpha"] = torch.tensor(float(member.rank))
             continue
-        rank = max(m.rank for m in chosen.values())
-        some = next(iter(chosen.values()))
-        sizes = _sizes(members, config) or [some.up.shape[0]]
-        down = torch.zeros(rank * len(sizes), some.down.shape[1], dtype=torch.float32)
-        up = torch.zeros(sum(sizes), rank * len(sizes), dtype=torch.float32)
-        row = 0
-        for slot, size in enumerate(sizes):
-            member = chosen.get(slot)
-            if member is not None:
-                member_up = member.up.float() * member.scale
-                if place(member.path, config)[3]:
-                    member_up = _swap(member_up)
-                down[slot * rank: slot * rank + member.rank] = member.down.float()
-                up[row: row + size, slot * rank: slot * rank + member.rank] = member_up
-            row += size
-        state[f"{stem}.lora_down.weight"] = down.to(some.down.dtype)
-        state[f"{stem}.lora_up.weight"] = up.to(some.up.dtype)
-        state[f"{stem}.alpha"] = torch.tensor(float(down.shape[0]))
+        sizes = _sizes(members, config) or [next(iter(chosen.values())).up.shape[0]]
+        for suffix, tensor in stack_members(chosen, sizes, lambda member: place(member.path, config)[3]).items():
+            state[f"{stem}.{suffix}"] = tensor
     return state
 
 
@@ -137,7 +119,7 @@ def read_kohya_sd3_state(state: dict[str, torch.Tensor], config: Any) -> dict[st
         for path, size in zip(members, _sizes(members, config) or [full.shape[0]], strict=True):
             part = full[row: row + size]
             if place(path, config)[3]:
-                part = _swap(part)
+                part = swap_halves(part)
             if part.abs().max() > 0:
                 deltas[path] = part
             row += size
@@ -177,7 +159,7 @@ def diffusers_state_from_kohya(state: dict[str, torch.Tensor], pipe, family) -> 
             if not part_up.abs().max() > 0:
                 continue  # a member the LoRA leaves alone
             if stem.startswith("lora_unet_") and place(path, config)[3]:
-                part_up = _swap(part_up)
+                part_up = swap_halves(part_up)
             name = f"transformer.{path}" if stem.startswith("lora_unet_") else path
             out[f"{name}.lora_A.weight"] = down[slot * rank: (slot + 1) * rank].float().contiguous()
             out[f"{name}.lora_B.weight"] = part_up.contiguous()
