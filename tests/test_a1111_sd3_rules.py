@@ -122,3 +122,12 @@ def test_lycoris_files_in_a1111_and_sd_scripts(sd3_medium, sd35):  # noqa: F811
     verdict = sd_scripts_lycoris_report(loha, layout)
     assert verdict["loads"] == "none" and verdict["modules_loaded"] == 0 and verdict["keys_dropped"] == len(loha)
     assert sd_scripts_lycoris_report(lora, layout)["loads"] == "all"
+
+
+def test_a1111_checkpoint_verdict_is_none_for_sd35_and_unclaimed_for_sd3_medium():
+    from types import SimpleNamespace
+
+    from studio.export.consumers.a1111_sd3 import a1111_sd3_checkpoint_verdict
+
+    assert a1111_sd3_checkpoint_verdict(SimpleNamespace(**SD35_MEDIUM))["loads"] == "none"
+    assert a1111_sd3_checkpoint_verdict(SimpleNamespace(**SD3_MEDIUM))["loads"] == "not checked"

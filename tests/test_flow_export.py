@@ -129,6 +129,7 @@ def test_dreambooth_exports_a_folder_whose_t5_reloads_unchanged(family, sample_s
                 "text_encoders.clip_g.transformer.text_projection.weight", "text_encoders.t5xxl.transformer.shared.weight"} <= set(keys)
         assert entry["consumers"]["diffusers from_single_file"]["loads"] == "all"
         assert entry["consumers"]["ComfyUI"]["loads"] == "refused" and "64 · depth" in entry["consumers"]["ComfyUI"]["why"]
+        assert entry["consumers"]["A1111"]["loads"] == "none" and "SD3.5" in entry["consumers"]["A1111"]["why"]
     else:  # BFL's transformer file, read back by the inverse conversion; ComfyUI would build FLUX.1's widths
         single = export_run(run, "single-file", run / "exports" / "sf")
         entry = single.files[0]

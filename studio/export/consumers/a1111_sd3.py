@@ -152,11 +152,25 @@ def a1111_sd3_lycoris_report(state: dict[str, torch.Tensor], layout: ModelLayout
     raise ValueError("a LyCORIS file without single-dot keys: not a layout Studio writes")
 
 
+NO_SD35_MODEL = ("A1111 (1.10) builds SD3 medium's MMDiT only (no QK norms, no second attention): SD3.5 models do "
+                 "not run there (issues #16590, #16621)")
+
+
 def no_sd35_model() -> dict[str, Any]:
     return {"proof": "key rules", "loads": "none", "modules_loaded": 0,
-            "why": "A1111 (1.10) builds SD3 medium's MMDiT only (no QK norms, no second attention): SD3.5 models do not "
-                   "run there (issues #16590, #16621), so nothing of an SD3.5 LoRA is applied. On SD3 medium it would "
-                   "also refuse any file with '.alpha' keys (ValueError in its SD3 key split, issue #16317)"}
+            "why": f"{NO_SD35_MODEL}, so nothing of an SD3.5 LoRA is applied. On SD3 medium it would also refuse any "
+                   "file with '.alpha' keys (ValueError in its SD3 key split, issue #16317)"}
 
 
-__all__ = ["A1111", "a1111_sd3_lycoris_report", "a1111_sd3_report", "layer_names", "match", "no_sd35_model", "runs_model"]
+def a1111_sd3_checkpoint_verdict(config: Any) -> dict[str, Any]:
+    """A1111's verdict on an SD3 all-in-one checkpoint of a transformer with ``config``: none for SD3.5 (A1111
+    has no model to build for it); an SD3 medium checkpoint loads through A1111's port of SAI's code, whose
+    loading rules are not restated here, so no claim either way."""
+    if not runs_model(config):
+        return {"proof": "key rules", "loads": "none", "why": f"{NO_SD35_MODEL}: an SD3.5 checkpoint cannot be loaded"}
+    return {"proof": "none", "loads": "not checked",
+            "why": "A1111 1.10+ loads SD3 medium checkpoints with its own port of SAI's code; its rules are not "
+                   "restated here: no claim either way"}
+
+
+__all__ = ["A1111", "NO_SD35_MODEL", "a1111_sd3_checkpoint_verdict", "a1111_sd3_lycoris_report", "a1111_sd3_report", "layer_names", "match", "no_sd35_model", "runs_model"]

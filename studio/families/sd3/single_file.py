@@ -7,13 +7,15 @@ image rendered from the reloaded pipeline is compared with the run's, both pipel
 (:func:`_fresh_memory`; the difference as loaded is recorded too). (2) Key rules: ComfyUI's *Load Checkpoint*
 and Forge (the same detection, :mod:`studio.export.consumers.sd3_checkpoint`) on the file's names and shapes;
 they build SD3 at its real widths (64 · depth), so a tiny model's file is refused there and the verdict says
-why. A1111 (1.10+) also loads SD3 medium checkpoints with its own SAI-code port; its rules are not restated here.
+why. A1111 (1.10+) has no SD3.5 model (verdict none); SD3 medium checkpoints load through its own port of SAI's
+code, whose rules are not restated here (not checked).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from studio.export.consumers.a1111_sd3 import a1111_sd3_checkpoint_verdict
 from studio.export.consumers.sd3_checkpoint import sd3_checkpoint_verdict
 
 FORMAT = "full model (single file, SD3 all-in-one)"
@@ -53,9 +55,7 @@ def export_single_file(ctx) -> None:
                                        "loader": f"{pipeline_class.__name__}.from_single_file (config: the run's model folder)"},
         COMFYUI: sd3_checkpoint_verdict(shapes, COMFYUI),
         FORGE: sd3_checkpoint_verdict(shapes, FORGE) | {"note": "Forge's huggingface_guess repeats ComfyUI's detection"},
-        "A1111": {"proof": "none", "loads": "not checked",
-                  "why": "A1111 1.10+ loads SD3 medium checkpoints with its own port of SAI's code; its rules are not "
-                         "restated here: no claim either way"},
+        "A1111": a1111_sd3_checkpoint_verdict(reference.transformer.config),
     }
     by_rules = [name for name in (COMFYUI, FORGE) if consumers[name]["loads"] == "all"]
     ctx.record(path, FORMAT, "diffusers from_single_file" + "".join(f", {n} (key rules)" for n in by_rules),
