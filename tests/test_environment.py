@@ -24,6 +24,7 @@ from studio.environment.known_breaks import torchvision_mismatch
 from studio.environment.lockfile import (
     LOCK_NAME,
     UNLOCKED_ROOTS,
+    build_requirements,
     disagreements,
     lock_path,
     parse_lock,
@@ -68,6 +69,19 @@ def test_lock_agrees_with_pyproject_on_every_supported_python():
     for python in PYTHONS:
         assert disagreements(requirements, pins, environment_for(python)) == [], (
             f"{LOCK_NAME} and pyproject.toml disagree on Python {python}: run ./scripts/relock")
+
+
+def test_lock_pins_the_build_backend_and_setup_builds_with_it():
+    """pip builds Studio in an isolated environment from [build-system] requires; the lock pins that backend
+    within pyproject's range, and scripts/setup hands the lock to pip for the build too."""
+    pins = parse_lock(lock_path().read_text())
+    requirements = build_requirements()
+    assert {r.name for r in requirements} == {"setuptools"}
+    for python in PYTHONS:
+        assert disagreements(requirements, pins, environment_for(python)) == [], (
+            f"{LOCK_NAME} does not pin pyproject.toml's build backend on Python {python}: run ./scripts/relock")
+    assert any("build-system" in pin.via for pin in pins if pin.name == "setuptools")
+    assert "--build-constraint requirements.lock" in (ROOT / "scripts" / "setup").read_text()
 
 
 def test_lock_disagreement_is_caught():

@@ -2,7 +2,7 @@
 against what is installed, and pruning what only torch needs.
 
 The lock is a pip constraints file compiled by ``uv pip compile --universal`` from pyproject.toml's
-dependencies and the ``test`` extra. torch, and the packages that only torch pulls in (CUDA libraries,
+dependencies, the ``test`` extra and the build backend (``[build-system] requires``). torch, and the packages that only torch pulls in (CUDA libraries,
 triton, sympy, ...), are left out on purpose: ``scripts/setup`` keeps the torch a user already has (a
 CUDA build) or installs the CPU wheel, and the lock must fit either. The torch that CI tested with is
 recorded in the lock's header (``# tested-with: torch==X``).
@@ -29,6 +29,7 @@ LOCK_NAME = "requirements.lock"
 TESTED_WITH_PREFIX = "# tested-with:"
 # torch itself: scripts/setup installs it (keeping a CUDA build), never the lock.
 UNLOCKED_ROOTS = frozenset({"torch"})
+BUILD_SYSTEM = "build-system"  # the lock's name for pyproject's [build-system] requires
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class LockedPin:
     name: str  # canonical name
     version: Version
     marker: Marker | None
-    via: tuple[str, ...]  # canonical names of the packages that need it ("studio" for pyproject)
+    via: tuple[str, ...]  # canonical names of the packages that need it ("studio" for pyproject, BUILD_SYSTEM)
 
     def applies(self, environment: dict[str, str] | None = None) -> bool:
         return self.marker is None or self.marker.evaluate(environment)
@@ -81,7 +82,10 @@ def parse_lock(text: str) -> list[LockedPin]:
         if body.startswith("via "):
             body = body[4:].strip()
         if body and not body.startswith(("-r ", "-c ")):
-            current["via"].append("studio" if "(pyproject.toml)" in body else canonicalize_name(body.split()[0]))
+            if body.startswith(BUILD_SYSTEM):
+                current["via"].append(BUILD_SYSTEM)
+            else:
+                current["via"].append("studio" if "(pyproject.toml)" in body else canonicalize_name(body.split()[0]))
     flush()
     return pins
 
@@ -130,6 +134,13 @@ def project_requirements(root: Path | None = None, extras: tuple[str, ...] = ("t
     for extra in extras:
         texts.extend(project.get("optional-dependencies", {}).get(extra, []))
     return [Requirement(text) for text in texts]
+
+
+def build_requirements(root: Path | None = None) -> list[Requirement]:
+    """pyproject.toml's ``[build-system] requires``: what pip builds Studio with. Locked like the rest
+    (``scripts/setup`` passes the lock as build constraints too), so a fresh machine builds with what CI did."""
+    data = tomllib.loads(((root or project_root()) / "pyproject.toml").read_text())
+    return [Requirement(text) for text in data.get("build-system", {}).get("requires", [])]
 
 
 def disagreements(requirements: Iterable[Requirement], pins: Iterable[LockedPin],

@@ -2,7 +2,7 @@
 then installs the new set and runs the whole suite).
 
 Resolution is uv's (``uv pip compile --universal``: one file with environment markers for every
-supported Python), against pyproject.toml's ranges plus the torch CI tests with, so the rest of the set
+supported Python), against pyproject.toml's ranges and build backend plus the torch CI tests with, so the rest of the set
 is chosen to work beside that torch. torch and what only torch needs are then pruned (see
 :mod:`studio.environment.lockfile`).
 """
@@ -17,8 +17,10 @@ from pathlib import Path
 
 from studio.atomic import write_text
 from studio.environment.lockfile import (
+    BUILD_SYSTEM,
     LOCK_NAME,
     TESTED_WITH_PREFIX,
+    build_requirements,
     lock_path,
     parse_lock,
     project_root,
@@ -45,9 +47,11 @@ def compile_lock(root: Path, torch_version: str, upgrade_packages: list[str], fu
     with tempfile.TemporaryDirectory() as tmp:
         constraints = Path(tmp) / "torch.txt"
         constraints.write_text(f"torch=={torch_version}\n")
+        build = Path(tmp) / "build-system.txt"  # the build backend pip builds Studio with is locked too
+        build.write_text("".join(f"{requirement}\n" for requirement in build_requirements(root)))
         output = Path(tmp) / "lock.txt"
         command = [
-            sys.executable, "-m", "uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--universal",
+            sys.executable, "-m", "uv", "pip", "compile", "pyproject.toml", str(build), "--extra", "test", "--universal",
             "--python-version", OLDEST_PYTHON, "-c", str(constraints), "-o", str(output), "--quiet",
             "--no-header",
         ]
@@ -60,7 +64,7 @@ def compile_lock(root: Path, torch_version: str, upgrade_packages: list[str], fu
         for name in upgrade_packages:
             command += ["--upgrade-package", name]
         subprocess.run(command, cwd=root, check=True)
-        return output.read_text()
+        return output.read_text().replace(f"-r {build}", BUILD_SYSTEM)
 
 
 def main(argv: list[str] | None = None) -> int:
