@@ -28,17 +28,17 @@ from studio.inpaint import outside_difference
 from studio.recipe import read_recipe
 
 
-def _request(**overrides) -> GenerationRequest:
+def edit_request(**overrides) -> GenerationRequest:
     values = dict(prompt="a photo of sks toy", steps=3, seed=7, height=64, width=64)
     return GenerationRequest(**(values | overrides))
 
 
-def _array(image: Image.Image) -> np.ndarray:
+def grey_levels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def _differ(a: Image.Image, b: Image.Image) -> float:
-    return float(np.abs(_array(a) - _array(b)).mean())
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(grey_levels(a) - grey_levels(b)).mean())
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_canny_edges_are_thin_and_follow_the_thresholds():
 
 def test_inpainting_keeps_the_outside_within_the_vae_error(generator, tiny_lora_run, start, mask):
     lora = [str(tiny_lora_run)]
-    raw = generator.generate("tiny-sd", _request(init_image=start, mask=mask, keep_outside=False), lora)
+    raw = generator.generate("tiny-sd", edit_request(init_image=start, mask=mask, keep_outside=False), lora)
     assert raw.mode == "inpaint"
     reconstruction = _vae_reconstruction(generator.pipeline("tiny-sd"), start)
     far = mask.filter(ImageFilter.MaxFilter(17))  # the mask grown by one latent cell (8 px)
@@ -93,82 +93,82 @@ def test_inpainting_keeps_the_outside_within_the_vae_error(generator, tiny_lora_
     assert vae_error > 1  # the tiny VAE is lossy, as real ones are
     assert outside_difference(raw.images[0], start, far) <= vae_error + 0.5
     assert outside_difference(raw.images[0], reconstruction, far) < 0.5  # outside: the start image's own latents
-    kept = generator.generate("tiny-sd", _request(init_image=start, mask=mask), lora).images[0]
+    kept = generator.generate("tiny-sd", edit_request(init_image=start, mask=mask), lora).images[0]
     assert outside_difference(kept, start, mask) == 0  # keep_outside: exactly the start image
     inside = np.asarray(mask) > 0
-    assert np.array_equal(_array(kept)[inside], _array(raw.images[0])[inside])
-    assert np.abs(_array(kept) - _array(start))[inside].mean() > 10  # the masked part is repainted
-    plain = generator.generate("tiny-sd", _request(init_image=start, mask=mask)).images[0]
-    assert np.abs(_array(kept) - _array(plain))[inside].mean() > 3  # ... by the personalised model
+    assert np.array_equal(grey_levels(kept)[inside], grey_levels(raw.images[0])[inside])
+    assert np.abs(grey_levels(kept) - grey_levels(start))[inside].mean() > 10  # the masked part is repainted
+    plain = generator.generate("tiny-sd", edit_request(init_image=start, mask=mask)).images[0]
+    assert np.abs(grey_levels(kept) - grey_levels(plain))[inside].mean() > 3  # ... by the personalised model
 
 
 def test_inpainting_base_carries_the_adapter(generator, tiny_lora_run, tiny_dreambooth_run, start, mask):
-    ask = _request(init_image=start, mask=mask, inpaint_base="tiny-sd-inpaint")
+    ask = edit_request(init_image=start, mask=mask, inpaint_base="tiny-sd-inpaint")
     with_lora = generator.generate("tiny-sd", ask, [str(tiny_lora_run)])
     without = generator.generate("tiny-sd", ask)
     assert with_lora.mode == "inpaint" and with_lora.recipes[0]["inpaint_base"] == "tiny-sd-inpaint"
     assert outside_difference(with_lora.images[0], start, mask) == 0
-    assert _differ(with_lora.images[0], without.images[0]) > 1
+    assert mean_difference(with_lora.images[0], without.images[0]) > 1
     with pytest.raises(StudioError, match="is an inpainting model"):
-        generator.generate("tiny-sd-inpaint", _request())
+        generator.generate("tiny-sd-inpaint", edit_request())
     with pytest.raises(StudioError, match="DreamBooth model is a whole model"):
         generator.generate(str(tiny_dreambooth_run), ask)
     with pytest.raises(StudioError, match="--mask needs --init-image"):
         from studio import limits
         from studio.generate import check_request
 
-        check_request(_request(mask=mask), front=limits.CLI)
+        check_request(edit_request(mask=mask), front=limits.CLI)
     blank = Image.new("L", (64, 64), 0)
     with pytest.raises(StudioError, match="mask is empty"):
-        generator.generate("tiny-sd", _request(init_image=start, mask=blank))
+        generator.generate("tiny-sd", edit_request(init_image=start, mask=blank))
 
 
 def test_control_image_steers_and_strength_zero_is_plain_generation(generator, tiny_lora_run, start):
     lora = [AdapterRef(str(tiny_lora_run), 0.8)]
-    plain = generator.generate("tiny-sd", _request(), lora).images[0]
-    square = generator.generate("tiny-sd", _request(control=ControlSpec("tiny-controlnet", _edges_source())), lora)
-    photo = generator.generate("tiny-sd", _request(control=ControlSpec("tiny-controlnet", start)), lora).images[0]
-    off = generator.generate("tiny-sd", _request(control=ControlSpec("tiny-controlnet", start, strength=0.0)), lora)
+    plain = generator.generate("tiny-sd", edit_request(), lora).images[0]
+    square = generator.generate("tiny-sd", edit_request(control=ControlSpec("tiny-controlnet", _edges_source())), lora)
+    photo = generator.generate("tiny-sd", edit_request(control=ControlSpec("tiny-controlnet", start)), lora).images[0]
+    off = generator.generate("tiny-sd", edit_request(control=ControlSpec("tiny-controlnet", start, strength=0.0)), lora)
     assert square.mode == "control"
-    assert _differ(square.images[0], plain) > 3 and _differ(square.images[0], photo) > 3
-    assert np.abs(_array(off.images[0]) - _array(plain)).max() <= 1
-    as_map = generator.generate("tiny-sd", _request(control=ControlSpec("tiny-controlnet", start, preprocess="none")), lora)
-    assert _differ(as_map.images[0], photo) > 1  # the photo itself vs its canny edges
-    both = generator.generate("tiny-sd", _request(init_image=start, control=ControlSpec("tiny-controlnet", start)), lora)
+    assert mean_difference(square.images[0], plain) > 3 and mean_difference(square.images[0], photo) > 3
+    assert np.abs(grey_levels(off.images[0]) - grey_levels(plain)).max() <= 1
+    as_map = generator.generate("tiny-sd", edit_request(control=ControlSpec("tiny-controlnet", start, preprocess="none")), lora)
+    assert mean_difference(as_map.images[0], photo) > 1  # the photo itself vs its canny edges
+    both = generator.generate("tiny-sd", edit_request(init_image=start, control=ControlSpec("tiny-controlnet", start)), lora)
     assert both.mode == "control-img2img"
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (8, 8, 40, 40))
-    masked = generator.generate("tiny-sd", _request(init_image=start, mask=mask,
+    masked = generator.generate("tiny-sd", edit_request(init_image=start, mask=mask,
                                                     control=ControlSpec("tiny-controlnet", start)), lora)
     assert masked.mode == "control-inpaint" and outside_difference(masked.images[0], start, mask) == 0
     with pytest.raises(StudioError, match="another kind of base model"):
-        generator.generate("tiny-sd", _request(control=ControlSpec("tiny-controlnet-sdxl", start)))
+        generator.generate("tiny-sd", edit_request(control=ControlSpec("tiny-controlnet-sdxl", start)))
     with pytest.raises(StudioError, match="not a ControlNet"):
-        generator.generate("tiny-sd", _request(control=ControlSpec("tiny-sd", start)))
+        generator.generate("tiny-sd", edit_request(control=ControlSpec("tiny-sd", start)))
 
 
 def test_control_on_sdxl(generator, tiny_sdxl_lora_run):
     lora = [str(tiny_sdxl_lora_run)]
-    plain = generator.generate("tiny-sdxl", _request(), lora).images[0]
-    steered = generator.generate("tiny-sdxl", _request(control=ControlSpec("tiny-controlnet-sdxl", _edges_source())), lora)
-    off = generator.generate("tiny-sdxl", _request(control=ControlSpec("tiny-controlnet-sdxl", _edges_source(), strength=0)), lora)
-    assert _differ(steered.images[0], plain) > 1
-    assert np.abs(_array(off.images[0]) - _array(plain)).max() <= 1
+    plain = generator.generate("tiny-sdxl", edit_request(), lora).images[0]
+    steered = generator.generate("tiny-sdxl", edit_request(control=ControlSpec("tiny-controlnet-sdxl", _edges_source())), lora)
+    off = generator.generate("tiny-sdxl", edit_request(control=ControlSpec("tiny-controlnet-sdxl", _edges_source(), strength=0)), lora)
+    assert mean_difference(steered.images[0], plain) > 1
+    assert np.abs(grey_levels(off.images[0]) - grey_levels(plain)).max() <= 1
 
 
 def test_instruction_edits_with_the_subjects_adapters(generator, tiny_lora_run, tiny_ti_run, tiny_dreambooth_run, start):
-    ask = _request(prompt="", instruction="put the sks toy on a beach", init_image=start, instruct_base="tiny-sd-instruct")
+    ask = edit_request(prompt="", instruction="put the sks toy on a beach", init_image=start, instruct_base="tiny-sd-instruct")
     edited = generator.generate("tiny-sd", ask, [str(tiny_lora_run)])
     assert edited.mode == "instruct" and edited.images[0].size == (64, 64)
-    assert _differ(edited.images[0], generator.generate("tiny-sd", ask).images[0]) > 1  # the LoRA applies
-    other_start = generator.generate("tiny-sd", _request(prompt="", instruction=ask.instruction, instruct_base="tiny-sd-instruct",
+    assert mean_difference(edited.images[0], generator.generate("tiny-sd", ask).images[0]) > 1  # the LoRA applies
+    other_start = generator.generate("tiny-sd", edit_request(prompt="", instruction=ask.instruction, instruct_base="tiny-sd-instruct",
                                                          init_image=_edges_source()), [str(tiny_lora_run)])
-    assert _differ(edited.images[0], other_start.images[0]) > 3  # the edit starts from the image
-    ti = generator.generate("tiny-sd", _request(prompt="", instruction="put the <sks> toy on a beach", init_image=start,
+    assert mean_difference(edited.images[0], other_start.images[0]) > 3  # the edit starts from the image
+    ti = generator.generate("tiny-sd", edit_request(prompt="", instruction="put the <sks> toy on a beach", init_image=start,
                                                 instruct_base="tiny-sd-instruct"), [str(tiny_ti_run)])
     assert ti.tokens == ["<sks>"]
     with pytest.raises(StudioError, match="not instruction-tuned"):
-        generator.generate("tiny-sd", _request(prompt="", instruction="make it red", init_image=start))
+        generator.generate("tiny-sd", edit_request(prompt="", instruction="make it red", init_image=start))
     with pytest.raises(StudioError, match="DreamBooth model is a whole model"):
         generator.generate(str(tiny_dreambooth_run), ask)
 
@@ -190,7 +190,7 @@ def test_recorded_recipe_regenerates_the_same_pixels(tiny_lora_run, start, mask,
     assert recipe["mask"]["path"] == str(mask_path.resolve()) and len(recipe["mask"]["sha256"]) == 64
     again = tmp_path / "again.png"
     assert main(["generate", "--recipe", str(out), "--out", str(again)]) == 0
-    assert np.array_equal(_array(Image.open(out).convert("RGB")), _array(Image.open(again).convert("RGB")))
+    assert np.array_equal(grey_levels(Image.open(out).convert("RGB")), grey_levels(Image.open(again).convert("RGB")))
     assert read_recipe(again) == recipe
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     Image.new("L", (64, 64), 255).save(mask_path)  # the mask changed: the same image cannot be made

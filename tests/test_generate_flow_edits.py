@@ -18,26 +18,14 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image, ImageDraw
+from test_generate_edits import edit_request, grey_levels, mean_difference
 
 from studio.cli import main
 from studio.control import ControlSpec
 from studio.errors import StudioError
-from studio.generate import AdapterRef, GenerationRequest, Generator
+from studio.generate import AdapterRef, Generator
 from studio.inpaint import outside_difference
 from studio.recipe import read_recipe
-
-
-def _request(**overrides) -> GenerationRequest:
-    values = dict(prompt="a photo of sks toy", steps=3, seed=7, height=64, width=64)
-    return GenerationRequest(**(values | overrides))
-
-
-def _array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
-
-
-def _differ(a: Image.Image, b: Image.Image) -> float:
-    return float(np.abs(_array(a) - _array(b)).mean())
 
 
 def _square() -> Image.Image:
@@ -93,52 +81,52 @@ def test_tiny_flow_controlnets_are_plain_diffusers_folders(tiny_data_dir):
 
 def test_flux_control_with_the_lora_steers_and_strength_zero_is_plain(generator, flux_lora, sample_subject, mask):
     lora = [AdapterRef(str(flux_lora), 0.8)]
-    plain = generator.generate("tiny-flux", _request(), lora).images[0]
-    square = generator.generate("tiny-flux", _request(control=ControlSpec("tiny-controlnet-flux", _square())), lora)
-    disc = generator.generate("tiny-flux", _request(control=ControlSpec("tiny-controlnet-flux", _disc())), lora).images[0]
-    off = generator.generate("tiny-flux", _request(control=ControlSpec("tiny-controlnet-flux", _square(), strength=0)), lora)
+    plain = generator.generate("tiny-flux", edit_request(), lora).images[0]
+    square = generator.generate("tiny-flux", edit_request(control=ControlSpec("tiny-controlnet-flux", _square())), lora)
+    disc = generator.generate("tiny-flux", edit_request(control=ControlSpec("tiny-controlnet-flux", _disc())), lora).images[0]
+    off = generator.generate("tiny-flux", edit_request(control=ControlSpec("tiny-controlnet-flux", _square(), strength=0)), lora)
     assert square.mode == "control" and square.adapters
-    assert _differ(square.images[0], plain) > 3 and _differ(square.images[0], disc) > 1
-    assert np.abs(_array(off.images[0]) - _array(plain)).max() <= 1
-    without_lora = generator.generate("tiny-flux", _request(control=ControlSpec("tiny-controlnet-flux", _square())))
-    assert _differ(square.images[0], without_lora.images[0]) > 1  # the subject's LoRA acts under the ControlNet
+    assert mean_difference(square.images[0], plain) > 3 and mean_difference(square.images[0], disc) > 1
+    assert np.abs(grey_levels(off.images[0]) - grey_levels(plain)).max() <= 1
+    without_lora = generator.generate("tiny-flux", edit_request(control=ControlSpec("tiny-controlnet-flux", _square())))
+    assert mean_difference(square.images[0], without_lora.images[0]) > 1  # the subject's LoRA acts under the ControlNet
     start = _disc()
-    both = generator.generate("tiny-flux", _request(init_image=start, strength=0.9,
+    both = generator.generate("tiny-flux", edit_request(init_image=start, strength=0.9,
                                                     control=ControlSpec("tiny-controlnet-flux", _square())), lora)
     assert both.mode == "control-img2img" and both.images[0].size == (64, 64)
-    masked = generator.generate("tiny-flux", _request(init_image=start, mask=mask,
+    masked = generator.generate("tiny-flux", edit_request(init_image=start, mask=mask,
                                                       control=ControlSpec("tiny-controlnet-flux", _square())), lora)
     assert masked.mode == "control-inpaint" and outside_difference(masked.images[0], start, mask) == 0
     inside = np.asarray(mask) > 0
-    assert np.abs(_array(masked.images[0]) - _array(start))[inside].mean() > 10
+    assert np.abs(grey_levels(masked.images[0]) - grey_levels(start))[inside].mean() > 10
 
 
 def test_flux_inpainting_keeps_the_outside_and_paints_the_subject(generator, flux_lora, mask):
     start = _disc()
     lora = [str(flux_lora)]
-    kept = generator.generate("tiny-flux", _request(init_image=start, mask=mask), lora)
-    raw = generator.generate("tiny-flux", _request(init_image=start, mask=mask, keep_outside=False), lora).images[0]
-    plain = generator.generate("tiny-flux", _request(init_image=start, mask=mask)).images[0]
+    kept = generator.generate("tiny-flux", edit_request(init_image=start, mask=mask), lora)
+    raw = generator.generate("tiny-flux", edit_request(init_image=start, mask=mask, keep_outside=False), lora).images[0]
+    plain = generator.generate("tiny-flux", edit_request(init_image=start, mask=mask)).images[0]
     inside = np.asarray(mask) > 0
     assert kept.mode == "inpaint" and outside_difference(kept.images[0], start, mask) == 0
     assert outside_difference(raw, start, mask) > 0  # without the overlay: the VAE's reconstruction outside
-    assert np.array_equal(_array(kept.images[0])[inside], _array(raw)[inside])
-    assert np.abs(_array(kept.images[0]) - _array(start))[inside].mean() > 10  # the masked part is repainted
-    assert np.abs(_array(kept.images[0]) - _array(plain))[inside].mean() > 1  # ... by the personalised model
+    assert np.array_equal(grey_levels(kept.images[0])[inside], grey_levels(raw)[inside])
+    assert np.abs(grey_levels(kept.images[0]) - grey_levels(start))[inside].mean() > 10  # the masked part is repainted
+    assert np.abs(grey_levels(kept.images[0]) - grey_levels(plain))[inside].mean() > 1  # ... by the personalised model
 
 
 def test_sd3_control_steers_and_strength_zero_is_plain(generator):
-    plain = generator.generate("tiny-sd3", _request()).images[0]
-    square = generator.generate("tiny-sd3", _request(control=ControlSpec("tiny-controlnet-sd3", _square())))
-    disc = generator.generate("tiny-sd3", _request(control=ControlSpec("tiny-controlnet-sd3", _disc()))).images[0]
-    off = generator.generate("tiny-sd3", _request(control=ControlSpec("tiny-controlnet-sd3", _square(), strength=0)))
+    plain = generator.generate("tiny-sd3", edit_request()).images[0]
+    square = generator.generate("tiny-sd3", edit_request(control=ControlSpec("tiny-controlnet-sd3", _square())))
+    disc = generator.generate("tiny-sd3", edit_request(control=ControlSpec("tiny-controlnet-sd3", _disc()))).images[0]
+    off = generator.generate("tiny-sd3", edit_request(control=ControlSpec("tiny-controlnet-sd3", _square(), strength=0)))
     assert square.mode == "control"
-    assert _differ(square.images[0], plain) > 3 and _differ(square.images[0], disc) > 1
-    assert np.abs(_array(off.images[0]) - _array(plain)).max() <= 1
-    pair = generator.generate("tiny-sd3", _request(seed=6, num_images=2, control=ControlSpec("tiny-controlnet-sd3", _square())))
-    assert np.array_equal(_array(pair.images[1]), _array(square.images[0]))  # an image depends only on its seed
+    assert mean_difference(square.images[0], plain) > 3 and mean_difference(square.images[0], disc) > 1
+    assert np.abs(grey_levels(off.images[0]) - grey_levels(plain)).max() <= 1
+    pair = generator.generate("tiny-sd3", edit_request(seed=6, num_images=2, control=ControlSpec("tiny-controlnet-sd3", _square())))
+    assert np.array_equal(grey_levels(pair.images[1]), grey_levels(square.images[0]))  # an image depends only on its seed
     with pytest.raises(StudioError, match="Stable Diffusion 3.5 models have no pipeline for ControlNet with a start image"):
-        generator.generate("tiny-sd3", _request(init_image=_disc(), control=ControlSpec("tiny-controlnet-sd3", _square())))
+        generator.generate("tiny-sd3", edit_request(init_image=_disc(), control=ControlSpec("tiny-controlnet-sd3", _square())))
 
 
 @pytest.mark.parametrize(("base", "controlnet", "message"), [
@@ -151,7 +139,7 @@ def test_sd3_control_steers_and_strength_zero_is_plain(generator):
 def test_a_controlnet_of_another_family_is_refused_before_generating(generator, base, controlnet, message):
     steps: list[int] = []
     with pytest.raises(StudioError, match=message):
-        generator.generate(base, _request(control=ControlSpec(controlnet, _square())), progress=lambda s, t: steps.append(s))
+        generator.generate(base, edit_request(control=ControlSpec(controlnet, _square())), progress=lambda s, t: steps.append(s))
     assert steps == []  # not one denoising step ran
 
 
@@ -169,7 +157,7 @@ def test_flow_recipe_regenerates_the_same_pixels(family, flux_lora, tmp_path):
     assert len(recipe["adapters"]) == (1 if family == "flux" else 0)
     again = tmp_path / "again.png"
     assert main(["generate", "--recipe", str(out), "--out", str(again)]) == 0
-    assert np.array_equal(_array(Image.open(out).convert("RGB")), _array(Image.open(again).convert("RGB")))
+    assert np.array_equal(grey_levels(Image.open(out).convert("RGB")), grey_levels(Image.open(again).convert("RGB")))
     assert read_recipe(again) == recipe
 
 
@@ -180,8 +168,8 @@ def test_task_pipelines_keep_the_base_dtype(tiny_data_dir, mask):
 
     generator = Generator(device="cpu", dtype=torch.bfloat16)
     small = dict(steps=1, width=32, height=32)
-    generator.generate("tiny-flux", _request(**small, control=ControlSpec("tiny-controlnet-flux", _square())))
-    generator.generate("tiny-flux", _request(**small, strength=1.0, init_image=_disc().resize((32, 32)),
+    generator.generate("tiny-flux", edit_request(**small, control=ControlSpec("tiny-controlnet-flux", _square())))
+    generator.generate("tiny-flux", edit_request(**small, strength=1.0, init_image=_disc().resize((32, 32)),
                                              mask=mask.resize((32, 32))))
     pipe = generator.pipeline("tiny-flux")
     assert {pipe.transformer.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.bfloat16}
@@ -212,17 +200,17 @@ def sd3_16_channels(tmp_path_factory, tiny_data_dir):
 
 def test_sd3_inpainting_blends_on_the_plain_model(generator, sd3_16_channels, mask):
     start, base = _disc(), str(sd3_16_channels)
-    raw = generator.generate(base, _request(init_image=start, mask=mask, keep_outside=False))
-    other_start = generator.generate(base, _request(init_image=_square(), mask=mask, keep_outside=False)).images[0]
-    kept = generator.generate(base, _request(init_image=start, mask=mask)).images[0]
+    raw = generator.generate(base, edit_request(init_image=start, mask=mask, keep_outside=False))
+    other_start = generator.generate(base, edit_request(init_image=_square(), mask=mask, keep_outside=False)).images[0]
+    kept = generator.generate(base, edit_request(init_image=start, mask=mask)).images[0]
     assert raw.mode == "inpaint" and raw.recipes[0]["strength"] == 1.0
     # at strength 1 the masked part starts from pure noise: the start image enters only through the blended
     # outside latents, so another start image with the same seed gives another image
-    assert _differ(raw.images[0], other_start) > 1  # (0 if the start image were ignored)
+    assert mean_difference(raw.images[0], other_start) > 1  # (0 if the start image were ignored)
     inside = np.asarray(mask) > 0
     assert outside_difference(kept, start, mask) == 0
-    assert np.array_equal(_array(kept)[inside], _array(raw.images[0])[inside])
-    assert np.abs(_array(kept) - _array(start))[inside].mean() > 10  # the masked part is repainted
+    assert np.array_equal(grey_levels(kept)[inside], grey_levels(raw.images[0])[inside])
+    assert np.abs(grey_levels(kept) - grey_levels(start))[inside].mean() > 10  # the masked part is repainted
 
 
 def test_an_sd35_style_controlnet_folder_is_taken(generator, tmp_path):
@@ -248,8 +236,8 @@ def test_an_sd35_style_controlnet_folder_is_taken(generator, tmp_path):
             controlnet.pos_embed_input.proj.weight.normal_(0, 1)
     controlnet.save_pretrained(str(tmp_path / "sd35-controlnet"))
     folder = str(tmp_path / "sd35-controlnet")
-    plain = generator.generate("tiny-sd3", _request()).images[0]
-    steered = generator.generate("tiny-sd3", _request(control=ControlSpec(folder, _square()))).images[0]
-    off = generator.generate("tiny-sd3", _request(control=ControlSpec(folder, _square(), strength=0))).images[0]
-    assert _differ(steered, plain) > 1
-    assert np.abs(_array(off) - _array(plain)).max() <= 1
+    plain = generator.generate("tiny-sd3", edit_request()).images[0]
+    steered = generator.generate("tiny-sd3", edit_request(control=ControlSpec(folder, _square()))).images[0]
+    off = generator.generate("tiny-sd3", edit_request(control=ControlSpec(folder, _square(), strength=0))).images[0]
+    assert mean_difference(steered, plain) > 1
+    assert np.abs(grey_levels(off) - grey_levels(plain)).max() <= 1

@@ -33,8 +33,13 @@ from studio.export.lora_weights import (
     read_diffusers_lora,
     save_diffusers_lora_weights,
 )
-from studio.export.ti import A1111_KEY, a1111_name
-from studio.export.ti_export import ENCODER_KEYS, run_embeddings
+from studio.export.ti import a1111_name
+from studio.export.ti_export import (
+    a1111_embedding_sources,
+    a1111_embedding_state,
+    load_embedding_lines,
+    run_embeddings,
+)
 from studio.export.verify import (
     IMAGE_TOLERANCE,
     check_embeddings_loaded,
@@ -62,15 +67,12 @@ def export_pivotal_run(ctx: ExportContext, formats: list[str]) -> None:
     if "kohya" in formats:
         lora = save_kohya_lora(weights, ctx.out / f"{ctx.stem}.safetensors", ctx.family, kohya_info(ctx) | {"trigger_phrase": name},
                                unet_config=ctx.unet_config)
-        state = {A1111_KEY: rows["text_encoder"].float()} if list(rows) == ["text_encoder"] else {
-            ENCODER_KEYS[encoder]: value.float() for encoder, value in rows.items()}
+        state = a1111_embedding_state(rows)
         embedding = save_safetensors(state, ctx.out / f"{name}.safetensors",
                                      metadata={"studio.token": token, "studio.base_model": ctx.base})
-        # diffusers reads a one-tensor file itself; SDXL's clip_l/clip_g pair is loaded tensor by tensor
-        sources = {"text_encoder": str(embedding)} if A1111_KEY in state else {
-            encoder: state[ENCODER_KEYS[encoder]] for encoder in rows}
+        sources = a1111_embedding_sources(state, embedding)
         _verify_pair(ctx, lora, [embedding], sources, weights, rows, name, "kohya")
-    ctx.usage += _usage(ctx, formats, token, name, [p.name for p in files.values()])
+    ctx.usage += _usage(ctx, formats, token, name, {encoder: path.name for encoder, path in files.items()})
 
 
 def _verify_pair(ctx: ExportContext, lora: Path, embeddings: list[Path], sources: dict[str, str | torch.Tensor],
@@ -104,15 +106,11 @@ def _verify_pair(ctx: ExportContext, lora: Path, embeddings: list[Path], sources
                    check, vectors=vectors, max_abs_diff=difference, tolerance=IMAGE_TOLERANCE, loaded_with=lora.name)
 
 
-def _usage(ctx: ExportContext, formats: list[str], token: str, name: str, files: list[str]) -> list[str]:
+def _usage(ctx: ExportContext, formats: list[str], token: str, name: str, files: dict[str, str]) -> list[str]:
     pipeline_class = ctx.family.pipeline_classes()[0].__name__
     snippets = []
     if "diffusers" in formats:
-        loads = "".join(
-            f"pipe.load_textual_inversion(\"DIR/{file}\", text_encoder=pipe.{encoder}, "
-            f"tokenizer=pipe.{encoder.replace('text_encoder', 'tokenizer')})\n"
-            if len(files) > 1 else f"pipe.load_textual_inversion(\"DIR/{file}\")\n"
-            for file, encoder in zip(files, ("text_encoder", "text_encoder_2"), strict=False))
+        loads = load_embedding_lines(ctx.family, files)
         snippets.append(
             f"**diffusers** (the LoRA and its token together):\n\n```python\nfrom diffusers import {pipeline_class}\n\n"
             f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n"

@@ -54,17 +54,12 @@ def export_ti_run(ctx: ExportContext, formats: list[str]) -> None:
                 "diffusers load_textual_inversion", targets)
     if "a1111" in formats:
         name = a1111_name(token)
-        if list(rows) == ["text_encoder"]:
-            state = {A1111_KEY: rows["text_encoder"].float()}
-        else:
-            state = {ENCODER_KEYS[encoder]: value.float() for encoder, value in rows.items()}
         from studio.atomic import save_safetensors
 
+        state = a1111_embedding_state(rows)
         target = save_safetensors(state, ctx.out / f"{name}.safetensors",
                                   metadata={"studio.token": token, "studio.base_model": ctx.base})
-        # diffusers reads a one-tensor file itself; SDXL's pair is loaded tensor by tensor, as its docs show
-        sources = {"text_encoder": str(target)} if A1111_KEY in state else {
-            encoder: state[key] for encoder, key in ENCODER_KEYS.items() if key in state}
+        sources = a1111_embedding_sources(state, target)
         if ctx.family.text_only_encoder_names:
             # T5 reads the typed word as text: the image a user gets depends on what they type, so the rows
             # are checked under the run's own token (the image then must match), and the card says so.
@@ -75,7 +70,7 @@ def export_ti_run(ctx: ExportContext, formats: list[str]) -> None:
             _verify(ctx, sources, token, token, rows, "A1111", "Forge, ComfyUI, diffusers", {"a1111": target})
         else:
             _verify(ctx, sources, name, name, rows, "A1111", "A1111, Forge, ComfyUI, diffusers", {"a1111": target})
-    ctx.usage += _usage(ctx, formats, token, list(files.values()))
+    ctx.usage += _usage(ctx, formats, token, {encoder: path.name for encoder, path in files.items()})
 
 
 def _verify(ctx: ExportContext, sources: dict, load_as: str | None, token: str, rows: dict[str, torch.Tensor],
@@ -106,16 +101,39 @@ def _verify(ctx: ExportContext, sources: dict, load_as: str | None, token: str, 
                    vectors=vectors, max_abs_diff=difference, tolerance=IMAGE_TOLERANCE)
 
 
-def _usage(ctx: ExportContext, formats: list[str], token: str, files: list[Path]) -> list[str]:
+def load_embedding_lines(family, files: dict[str, str]) -> str:
+    """The diffusers lines that load an export's embedding files (``{text encoder: file name}``); one file for the
+    first encoder loads with diffusers' defaults, others name their encoder and its tokenizer (the family's)."""
+    if list(files) == list(family.embedding_text_encoder_names[:1]):
+        return "".join(f"pipe.load_textual_inversion(\"DIR/{file}\")\n" for file in files.values())
+    return "".join(
+        f"pipe.load_textual_inversion(\"DIR/{file}\", text_encoder=pipe.{encoder}, "
+        f"tokenizer=pipe.{family.tokenizer_of(encoder)})\n"
+        for encoder, file in files.items()
+    )
+
+
+def a1111_embedding_state(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The A1111/Forge/ComfyUI embedding file's tensors: one ``emb_params`` for a single encoder, else one
+    tensor per encoder (SDXL's ``clip_l``/``clip_g``)."""
+    if list(rows) == ["text_encoder"]:
+        return {A1111_KEY: rows["text_encoder"].float()}
+    return {ENCODER_KEYS[encoder]: value.float() for encoder, value in rows.items()}
+
+
+def a1111_embedding_sources(state: dict[str, torch.Tensor], path: Path) -> dict[str, str | torch.Tensor]:
+    """What diffusers' ``load_textual_inversion`` reads per encoder to check that file: the file itself when it
+    holds one tensor, else each encoder's tensor (diffusers loads a multi-encoder file tensor by tensor)."""
+    if A1111_KEY in state:
+        return {"text_encoder": str(path)}
+    return {encoder: state[key] for encoder, key in ENCODER_KEYS.items() if key in state}
+
+
+def _usage(ctx: ExportContext, formats: list[str], token: str, files: dict[str, str]) -> list[str]:
     pipeline_class = ctx.family.pipeline_classes()[0].__name__
     snippets = []
     if "diffusers" in formats:
-        loads = "".join(
-            f"pipe.load_textual_inversion(\"DIR/{path.name}\", text_encoder=pipe.{encoder}, "
-            f"tokenizer=pipe.{encoder.replace('text_encoder', 'tokenizer')})\n"
-            if len(files) > 1 else f"pipe.load_textual_inversion(\"DIR/{path.name}\")\n"
-            for path, encoder in zip(files, ("text_encoder", "text_encoder_2"), strict=False)
-        )
+        loads = load_embedding_lines(ctx.family, files)
         snippets.append(
             f"**diffusers**:\n\n```python\nfrom diffusers import {pipeline_class}\n\n"
             f"pipe = {pipeline_class}.from_pretrained(\"{ctx.base}\")\n{loads}"

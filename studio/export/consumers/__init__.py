@@ -15,7 +15,7 @@ import torch
 
 from studio.export.consumers import comfyui, sd_scripts, webui
 from studio.export.consumers.layout import ModelLayout, layout_of
-from studio.export.consumers.rules import KeyMatch
+from studio.export.consumers.rules import KeyMatch, loads_verdict
 from studio.export.lora_weights import LoraWeights
 
 KEY_RULES: dict[str, Callable[[list[str], ModelLayout], KeyMatch]] = {
@@ -85,15 +85,10 @@ def with_verdict(report: dict[str, Any], result, left_out: list, wrong: list[str
         report["strength"] = "as trained" if not wrong else f"{len(wrong)} modules at another strength"
         if wrong:
             report["wrong_strength"] = wrong[:10]
-    if result.rejected:
-        report["loads"] = "refused"
-    elif not report["modules_loaded"]:
-        report["loads"] = "none"
-    elif left_out or result.dropped or wrong:
-        report["loads"] = "partial"
-    else:
-        report["loads"] = "all"
+    report["loads"] = loads_verdict(bool(result.rejected), bool(report["modules_loaded"]),
+                                    bool(left_out or result.dropped or wrong))
     return report
 
 
-__all__ = ["KEY_RULES", "ModelLayout", "consumer_report", "layout_of", "match_all", "strength_errors", "with_verdict"]
+
+__all__ = ["KEY_RULES", "ModelLayout", "consumer_report", "layout_of", "loads_verdict", "match_all", "strength_errors", "with_verdict"]

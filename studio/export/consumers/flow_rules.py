@@ -44,7 +44,14 @@ from typing import Any
 import torch
 
 from studio.export.consumers.layout import ModelLayout
-from studio.export.consumers.rules import DIFFUSERS_PAIR, KOHYA_PAIR, PEFT_PAIR, KeyMatch, match_keys
+from studio.export.consumers.rules import (
+    DIFFUSERS_PAIR,
+    KOHYA_PAIR,
+    PEFT_PAIR,
+    KeyMatch,
+    loads_verdict,
+    match_keys,
+)
 from studio.export.lora_weights import LoraWeights, module_key
 
 COMFYUI = "ComfyUI"
@@ -313,14 +320,7 @@ def report_from_match(result: KeyMatch, state: dict[str, torch.Tensor], weights:
         report["wrong"] = wrong[:10]
     if result.dropped or misfit:
         report["dropped"] = (result.dropped + misfit)[:10]
-    if result.rejected:
-        report["loads"] = "refused"
-    elif not applied:
-        report["loads"] = "none"
-    elif wrong or result.dropped or misfit:
-        report["loads"] = "partial"
-    else:
-        report["loads"] = "all"
+    report["loads"] = loads_verdict(bool(result.rejected), bool(applied), bool(wrong or result.dropped or misfit))
     return report
 
 

@@ -50,3 +50,12 @@ def match_keys(consumer: str, keys: list[str], names: dict[str, tuple[str, str]]
                 break
     result.dropped = sorted(present - used)
     return result
+
+
+def loads_verdict(refused: bool, loaded: bool, incomplete: bool) -> str:
+    """How much of a file a consumer loads: ``refused`` (its loader errors), ``none``, ``partial`` or ``all``."""
+    if refused:
+        return "refused"
+    if not loaded:
+        return "none"
+    return "partial" if incomplete else "all"
