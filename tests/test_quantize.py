@@ -100,6 +100,26 @@ def test_quantize_module_keeps_outputs_close():
         assert error > 0  # it really is quantized
 
 
+@pytest.mark.parametrize("kind", ["nf4", "int8", "fp8"])
+def test_quantized_layer_answers_in_the_autocast_dtype_as_linear_does(kind):
+    """Under autocast an fp32 input (what a norm gives on CUDA) must come out in the autocast dtype, as from
+    nn.Linear: bitsandbytes answered in the input's fp32, which made Flux's whole residual stream fp32 (+2.2 GiB
+    on the H200). Outside autocast the layer answers in its input's dtype."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64))
+    model.requires_grad_(False)
+    quantized = deepcopy(model)
+    quantize_module(quantized, kind, compute_dtype=torch.bfloat16, device=torch.device("cpu"))
+    x = torch.randn(4, 128, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x).dtype
+        answered = quantized(x)
+    assert expected == torch.bfloat16 and answered.dtype == expected
+    answered.float().sum().backward()  # the gradient reaches the fp32 input
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    assert quantized(x).dtype == torch.float32
+
+
 def test_textual_inversion_on_a_quantized_base(sample_subject, tmp_path):
     trainer = _train("textual_inversion", sample_subject, tmp_path / "run", steps=8, base_quantization="nf4")
     assert is_quantized(trainer.components["unet"])

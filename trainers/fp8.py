@@ -26,13 +26,13 @@ class _Float8Matmul(torch.autograd.Function):
                 dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(weight, scale)
         ctx.dtype = dtype
-        full = weight.to(dtype) * scale.to(dtype)
+        full = weight.to(dtype).mul_(scale.to(dtype))  # one layer-sized copy, not two
         return torch.nn.functional.linear(x.to(dtype), full, None if bias is None else bias.to(dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, scale = ctx.saved_tensors
-        full = weight.to(ctx.dtype) * scale.to(ctx.dtype)
+        full = weight.to(ctx.dtype).mul_(scale.to(ctx.dtype))
         return grad.to(ctx.dtype) @ full, None, None, None, None
 
 
@@ -51,7 +51,9 @@ class Float8Linear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Float8Matmul.apply(x, self.weight, self.scale, self.bias, self.compute_dtype)
+        """Under autocast the autocast dtype (the matmul inside is autocast's), else the input's dtype, as nn.Linear."""
+        answer = _Float8Matmul.apply(x, self.weight, self.scale, self.bias, self.compute_dtype)
+        return answer if torch.is_autocast_enabled(x.device.type) else answer.to(x.dtype)
 
     def _apply(self, fn, recurse: bool = True):
         """A cast of the whole model (``.to(torch.bfloat16)``) moves the stored weight and scale but keeps their dtypes."""

@@ -20,6 +20,8 @@ thirds of its UNet: quantization saves less there than on the all-Linear Flux an
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from studio.errors import ConfigError
@@ -45,6 +47,36 @@ def check_quantization(config) -> None:
                           "use base_quantization=nf4 or int8.")
 
 
+class AnswersInAutocastDtype:
+    """A quantized Linear that, under autocast, answers in the autocast dtype, as ``nn.Linear`` does.
+
+    bitsandbytes' layers return their input's dtype. Under CUDA autocast the norms before most Linear
+    layers of Flux and SD3 give fp32 (``layer_norm`` is on autocast's fp32 list), so a bitsandbytes layer
+    answered fp32 where ``nn.Linear`` answers bf16, and from the first feed-forward on the residual stream
+    (every block's checkpointed input and much of each recompute) was fp32: measured on the H200,
+    FLUX.1-dev NF4 held 2.2 GiB more than its bf16 twin beyond the weights (``benchmarks/cpu_device_memory.py``
+    reproduces it and shows it gone)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and x.is_floating_point():
+            x = x.to(torch.get_autocast_dtype(device))
+        return super().forward(x)
+
+
+@functools.cache
+def _bitsandbytes_layers() -> dict[str, type]:
+    import bitsandbytes as bnb
+
+    class Linear4bit(AnswersInAutocastDtype, bnb.nn.Linear4bit):
+        """NF4 codes (bitsandbytes), answering in the autocast dtype."""
+
+    class Linear8bitLt(AnswersInAutocastDtype, bnb.nn.Linear8bitLt):
+        """int8 weights (bitsandbytes), answering in the autocast dtype."""
+
+    return {"nf4": Linear4bit, "int8": Linear8bitLt}
+
+
 def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.dtype, device: torch.device):
     if kind == "fp8":
         from trainers.fp8 import Float8Linear
@@ -52,17 +84,18 @@ def _quantized_linear(linear: torch.nn.Linear, kind: str, compute_dtype: torch.d
         return Float8Linear(linear, compute_dtype).to(device)
     import bitsandbytes as bnb
 
+    layers = _bitsandbytes_layers()
     weight = linear.weight.data
     bias = linear.bias
     if kind == "nf4":
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias is not None,
+        layer = layers["nf4"](linear.in_features, linear.out_features, bias=bias is not None,
                                   compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True, device="meta")
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
         # bitsandbytes 0.50 repacks 4-bit weights for its CPU inference kernel in eval mode (samples), which fails on
         # layers narrower than one 64-value block (tiny models' time embedding); the plain 4-bit path serves them
         layer.support_avx512bf16_for_cpu = False
     else:
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias is not None,
+        layer = layers["int8"](linear.in_features, linear.out_features, bias=bias is not None,
                                     has_fp16_weights=False, device="meta")
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     if bias is not None:
