@@ -5,7 +5,7 @@ Under :class:`DryCompute` the convolutions, matrix products and attention kernel
 backward) return zero-filled tensors of exactly the shape, dtype and strides the real kernel would
 return (inferred with PyTorch's meta kernels); everything else (norms, activations, autograd's saved
 tensors, gradient checkpointing's recomputation, the optimizer update, 8-bit quantisation) runs
-for real. The zero fill touches every page, so RSS sees every byte.
+for real; bitsandbytes' quantized GEMMs count as heavy kernels (their output is allocated). The zero fill touches every page, so RSS sees every byte.
 
 Why: on a 2-core CPU one real SD1.5 training step at 512 px takes minutes in fp32, and hours in
 bf16 (CPUs without native bf16 matmul run those kernels ~100x slower), while the memory question
@@ -40,6 +40,18 @@ def _heavy_ops() -> set:
 
 
 HEAVY_OPS = _heavy_ops()
+# bitsandbytes' 4-bit and 8-bit GEMMs and 4-bit dequantization (each with a registered shape function), when loaded
+BITSANDBYTES_OPS = ("gemm_4bit", "dequantize_4bit", "int8_scaled_mm", "int8_mixed_scaled_mm", "int8_linear_matmul",
+                    "int8_mm_dequant")
+
+
+def _loaded_custom_ops() -> set:
+    import sys
+
+    if "bitsandbytes" not in sys.modules:
+        return set()
+    namespace = torch.ops.bitsandbytes
+    return {getattr(namespace, name).default for name in BITSANDBYTES_OPS if hasattr(namespace, name)}
 
 
 def _to_meta(value):
@@ -54,10 +66,11 @@ class DryCompute(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.skipped = 0
+        self.heavy = HEAVY_OPS | _loaded_custom_ops()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in HEAVY_OPS:
+        if func not in self.heavy:
             return func(*args, **kwargs)
         self.skipped += 1
         device = next(a.device for a in args if isinstance(a, torch.Tensor))

@@ -146,3 +146,38 @@ def test_quantized_run_renders_samples_and_checkpoints(sample_subject, tmp_path)
     saved = [load_file(str(p)) for p in (tmp_path / "run").rglob("trainable.safetensors")]
     assert saved and all(t.dtype == torch.float32 for state in saved for t in state.values())
     assert all("lora" in key for state in saved for key in state)
+
+
+@pytest.mark.parametrize("kind", ["nf4", "fp8"])
+def test_checkpointing_drops_a_quantized_weight_between_forward_and_backward(kind):
+    """Block swapping relies on gradient checkpointing dropping what a block's forward saved: a swapped block's
+    device copy must be freed once the block releases it, and come back through the recompute. bitsandbytes'
+    own 4-bit node kept the packed weight until the backward (so every swapped NF4 block stayed on the device)."""
+    import weakref
+
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    layer.requires_grad_(False)
+    quantize_module(layer, kind, compute_dtype=torch.float32, device=torch.device("cpu"))
+    quantized = layer[0]
+    resident = quantized.weight.data
+
+    def install(tensor: torch.Tensor) -> None:
+        if kind == "fp8":
+            quantized.weight = tensor
+        else:
+            quantized.weight.data = tensor
+
+    install(resident.clone())  # the "device copy" a swapper puts in place before the block runs
+    copy_storage = weakref.ref(quantized.weight.untyped_storage())
+    x = torch.randn(8, 64, requires_grad=True)
+    out = checkpoint(layer, x, use_reentrant=False)
+    install(resident)  # released after the forward; the recompute will read the resident tensor
+    import gc
+
+    gc.collect()
+    assert copy_storage() is None, "the forward's graph still holds the released weight"
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

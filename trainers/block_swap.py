@@ -20,7 +20,6 @@ the CPU copy is always current and dropping the device copy needs no transfer ba
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from studio.errors import ConfigError
+from trainers.quantize import quant_state_tensors, quant_state_with
 
 
 def check_block_swap(config) -> None:
@@ -71,30 +71,6 @@ class _Slot:
     cpu_state: object | None = None
 
 
-def _state_to(state, device: torch.device, non_blocking: bool):
-    """A bitsandbytes QuantState copied to ``device`` (a new object: autograd may hold the old one)."""
-    if state is None:
-        return None
-    moved = copy.copy(state)
-    moved.code = state.code.to(device, non_blocking=non_blocking)
-    moved.absmax = state.absmax.to(device, non_blocking=non_blocking)
-    if state.nested:
-        moved.offset = state.offset.to(device, non_blocking=non_blocking)
-        moved.state2 = copy.copy(state.state2)
-        moved.state2.absmax = state.state2.absmax.to(device, non_blocking=non_blocking)
-        moved.state2.code = state.state2.code.to(device, non_blocking=non_blocking)
-    return moved
-
-
-def _state_tensors(state) -> list[torch.Tensor]:
-    if state is None:
-        return []
-    tensors = [state.code, state.absmax]
-    if state.nested:
-        tensors += [state.offset, state.state2.absmax, state.state2.code]
-    return tensors
-
-
 class BlockSwapper:
     """Keeps the frozen tensors of ``blocks`` on the CPU and brings each to ``device`` around its forward.
 
@@ -133,7 +109,7 @@ class BlockSwapper:
                     param.data = param.data.to(self.device)
                     continue
                 state = getattr(param, "quant_state", None)
-                slots.append(_Slot(module, name, True, self._cpu(param.data), _state_to(state, torch.device("cpu"), False)))
+                slots.append(_Slot(module, name, True, self._cpu(param.data), quant_state_with(state, self._cpu)))
             for name, buffer in list(module.named_buffers(recurse=False)):
                 if buffer is not None:
                     slots.append(_Slot(module, name, False, self._cpu(buffer)))
@@ -142,8 +118,13 @@ class BlockSwapper:
         return slots
 
     def _cpu(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The parked (host) copy of a frozen tensor."""
         tensor = tensor.detach().to("cpu")
         return tensor.pin_memory() if self.cuda else tensor
+
+    def _device_copy(self, parked: torch.Tensor) -> torch.Tensor:
+        """A parked tensor's copy on the device (asynchronous from pinned memory; on a CPU the tensor itself)."""
+        return parked.to(self.device, non_blocking=True)
 
     @staticmethod
     def _install(slot: _Slot, tensor: torch.Tensor, state) -> None:
@@ -164,8 +145,7 @@ class BlockSwapper:
             self.log.append(("load", index))
         stream = torch.cuda.stream(self.copy_stream) if self.cuda else _nothing()
         with stream:
-            copies = [(s.cpu.to(self.device, non_blocking=True), _state_to(s.cpu_state, self.device, True))
-                      for s in self.slots[index]]
+            copies = [(self._device_copy(s.cpu), quant_state_with(s.cpu_state, self._device_copy)) for s in self.slots[index]]
             event = torch.cuda.Event() if self.cuda else None
             if event is not None:
                 event.record(self.copy_stream)
@@ -182,7 +162,7 @@ class BlockSwapper:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(event)
             for tensor, state in copies:  # the allocator must not reuse them while compute may still read them
-                for t in [tensor, *_state_tensors(state)]:
+                for t in [tensor, *quant_state_tensors(state)]:
                     t.record_stream(compute)
         for slot, (tensor, state) in zip(self.slots[index], copies, strict=True):
             self._install(slot, tensor, state)
@@ -227,7 +207,7 @@ class BlockSwapper:
         self.handles = []
 
     def swapped_bytes(self) -> int:
-        return sum(s.cpu.numel() * s.cpu.element_size() + sum(t.numel() * t.element_size() for t in _state_tensors(s.cpu_state))
+        return sum(s.cpu.numel() * s.cpu.element_size() + sum(t.numel() * t.element_size() for t in quant_state_tensors(s.cpu_state))
                    for slots in self.slots for s in slots)
 
 
