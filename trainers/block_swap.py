@@ -133,6 +133,8 @@ class BlockSwapper:
             param.data = tensor
             if state is not None:
                 param.quant_state = state
+                if hasattr(slot.owner, "quant_state"):  # bitsandbytes' Linear4bit keeps its own reference too
+                    slot.owner.quant_state = state
         else:
             slot.owner._buffers[slot.name] = tensor
 
