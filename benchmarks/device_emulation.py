@@ -16,7 +16,8 @@ Four pieces reproduce it on the CPU for a training step of the real architecture
   not see the host's memory) and gives each block a zero-filled "device" copy when it runs, so block
   swapping shows on the count as it would on a GPU. Parked tensors of one shape and dtype share one host
   tensor (their values do not matter under dry compute), so a model whose host copy would not fit in
-  this machine's RAM (FLUX.1-dev in bf16) still runs.
+  this machine's RAM (FLUX.1-dev in bf16) still runs. :class:`EmulatedOffload` does the same for activation
+  offloading: checkpointed inputs parked on the meta device, fetched back as zero-filled device tensors.
 
 Checked against the H200's measurements (``benchmarks/results/flow_memory.json``, ``qlora_memory.json``):
 see ``benchmarks/lowvram_memory.py --emulate`` and docs/performance.md.
@@ -30,6 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from trainers.activation_offload import ActivationOffload
 from trainers.block_swap import BlockSwapper
 
 
@@ -134,3 +136,14 @@ class EmulatedSwapper(BlockSwapper):
 
     def _device_copy(self, parked: torch.Tensor) -> torch.Tensor:
         return torch.zeros(parked.shape, dtype=parked.dtype, device=self.device)
+
+
+class EmulatedOffload(ActivationOffload):
+    """Activation offloading with the host on the meta device and zero-filled device copies (see the module)."""
+
+    def park(self, tensor: torch.Tensor):
+        return tensor.device, tensor.to("meta")
+
+    def fetch(self, parked) -> torch.Tensor:
+        device, host = parked
+        return torch.zeros(host.shape, dtype=host.dtype, device=device)

@@ -45,18 +45,23 @@ CONFIGS = [  # (model, base quantization, blocks swapped)
     ("flux-dev", "fp8", 0), ("flux-dev", "fp8", 38), ("flux-dev", "none", 48),
     ("sd35-medium", "fp8", 0), ("sd35-medium", "nf4", 12),
 ]
-# (model, base quantization, blocks swapped, variant): "h200-era" as the H200's qlora_memory run (measured there)
-EMULATED_CONFIGS = [
+# (model, base quantization, blocks swapped, variant): "h200-era" as the H200's qlora_memory run (measured there),
+# "offload" with offload_activations (trainers/activation_offload.py)
+EMULATED_CONFIGS = [  # in order of what they settle (a cut-short run keeps the first)
     ("sd35-medium", "none", 0, ""), ("sd35-medium", "nf4", 0, "h200-era"), ("sd35-medium", "nf4", 0, ""),
-    ("sd35-medium", "fp8", 0, ""), ("sd35-medium", "nf4", 12, ""),
-    ("flux-dev", "nf4", 0, "h200-era"), ("flux-dev", "nf4", 0, ""), ("flux-dev", "nf4", 38, ""),
-    ("flux-dev", "nf4", 48, ""), ("flux-dev", "nf4", 57, ""), ("flux-dev", "fp8", 0, ""), ("flux-dev", "fp8", 38, ""),
-    ("flux-dev", "none", 48, ""), ("flux-dev", "int8", 0, ""),
+    ("sd35-medium", "fp8", 0, ""), ("sd35-medium", "nf4", 12, ""), ("sd35-medium", "none", 0, "offload"),
+    ("sd35-medium", "nf4", 0, "offload"),
+    ("flux-dev", "nf4", 0, "h200-era"), ("flux-dev", "nf4", 0, ""), ("flux-dev", "nf4", 0, "offload"),
+    ("flux-dev", "nf4", 38, ""), ("flux-dev", "fp8", 0, ""), ("flux-dev", "nf4", 38, "offload"),
+    ("flux-dev", "none", 48, ""), ("flux-dev", "int8", 0, ""), ("sd35-large", "nf4", 0, ""),
+    ("flux-dev", "nf4", 48, ""), ("sd35-large", "int8", 0, ""), ("flux-dev", "fp8", 38, ""),
+    ("flux-dev", "none", 48, "offload"),
 ]
 # what the H200 measured for the same configuration (flow_memory.json, qlora_memory.json), to check the emulation
 H200_PEAK_GIB = {("sd35-medium", "none", 0, ""): 5.890, ("sd35-medium", "nf4", 0, "h200-era"): 3.666,
                  ("flux-dev", "nf4", 0, "h200-era"): 10.483}
-HUB = {"flux-dev": "black-forest-labs/FLUX.1-dev", "sd35-medium": "stabilityai/stable-diffusion-3.5-medium"}
+HUB = {"flux-dev": "black-forest-labs/FLUX.1-dev", "sd35-medium": "stabilityai/stable-diffusion-3.5-medium",
+       "sd35-large": "stabilityai/stable-diffusion-3.5-large"}
 GIB = 2**30
 
 
@@ -215,6 +220,16 @@ def _as_on_the_h200(variant: str) -> Iterator[None]:
         AnswersInAutocastDtype.autocast_input = answering
 
 
+def _offloading(variant: str, device: torch.device, emulate: bool):
+    """The checkpointing function of an "offload" row (None: torch's own)."""
+    if variant != "offload":
+        return None
+    from benchmarks.device_emulation import EmulatedOffload
+    from trainers.activation_offload import ActivationOffload
+
+    return (EmulatedOffload if emulate else ActivationOffload)(device).checkpoint
+
+
 def _quantized_layers(denoiser: torch.nn.Module) -> int:
     from trainers.fp8 import Float8Linear
     from trainers.quantize import AnswersInAutocastDtype
@@ -234,7 +249,7 @@ def measure(model: str, kind: str, swap: int, device: torch.device, *, smoke: bo
         denoiser, params, swapper = (_built_emulated(model, kind, swap) if emulate
                                      else _built(model, kind, swap, device, smoke))
         build_s = time.perf_counter() - started
-        denoiser.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing(_offloading(variant, device, emulate))
         denoiser.train()
         gc.collect()
         if device.type == "cuda":

@@ -377,11 +377,13 @@ def check_before_training(config) -> Plan | None:
     """On a GPU, with ``memory_check`` on: refuse a run whose plan does not fit, naming the settings that would
     make it fit. Returns the plan (None where it cannot be made: no GPU, or a base of unknown shape)."""
     from studio.errors import ConfigError
+    from trainers.activation_offload import check_activation_offload
     from trainers.block_swap import check_block_swap
     from trainers.quantize import check_quantization
 
     check_quantization(config)
     check_block_swap(config)
+    check_activation_offload(config)
     if not getattr(config, "memory_check", True) or device_memory_gib() is None:
         return None
     try:

@@ -27,7 +27,16 @@ from studio.rundir import prepare_run_dir  # noqa: F401 - re-exported (tests, be
 from studio.runlock import run_lock
 from studio.settings import TrainConfig
 from studio.subjects import load_subject
-from trainers import block_swap, checkpoints, objectives, placement, quantize, t5_cache, trackers
+from trainers import (
+    activation_offload,
+    block_swap,
+    checkpoints,
+    objectives,
+    placement,
+    quantize,
+    t5_cache,
+    trackers,
+)
 from trainers.batches import BatchPlan, load_pair, loss_weights, training_size
 from trainers.data import LatentSource
 from trainers.ema import ExponentialAverage
@@ -125,7 +134,8 @@ class Trainer:
         placement.set_dtypes_and_modes(self.components, self.method.trainable_modules(), dtype=frozen_dtype(self.config),
                                        reduced_frozen_params_ok=self.method.reduced_frozen_params_ok)
         if self.config.gradient_checkpointing:  # every method backpropagates through the denoiser
-            self.components[self.family.denoiser_name].enable_gradient_checkpointing()
+            offloading = activation_offload.checkpointing_function(self.config, self.device)  # offload_activations
+            self.components[self.family.denoiser_name].enable_gradient_checkpointing(offloading)
             if self.method.text_encoder_trains():
                 for encoder in self.family.text_encoders(self.components):
                     # transformers 5 renamed it; older releases only have the first name

@@ -1,0 +1,62 @@
+"""Activation offloading (offload_activations, trainers/activation_offload.py): the same step, and on an emulated
+device (benchmarks/device_emulation.py) the checkpointed blocks' inputs leave device memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+from test_block_swap import _deeper_tiny_flux, _step
+
+from benchmarks.device_emulation import EmulatedOffload
+from studio.errors import ConfigError
+from studio.families.base import PromptEmbedding
+from trainers.activation_offload import ActivationOffload, check_activation_offload
+
+
+def test_offloaded_step_computes_the_same_loss_and_gradients():
+    family, transformer = _deeper_tiny_flux()
+    loss, grads = _step(family, transformer)
+    transformer.enable_gradient_checkpointing(ActivationOffload(torch.device("cpu")).checkpoint)
+    offloaded_loss, offloaded = _step(family, transformer)
+    assert torch.equal(offloaded_loss, loss)
+    assert grads.keys() == offloaded.keys() and all(torch.equal(grads[k], offloaded[k]) for k in grads)
+
+
+def _large_step(family, transformer, size: int = 48) -> None:
+    """A step on a large latent (``size``² tokens), so that activations, not tiny weights, make the peak."""
+    generator = torch.Generator().manual_seed(0)
+    config = transformer.config
+    noisy = torch.randn(1, config.in_channels // 4, 2 * size, 2 * size, generator=generator)
+    embedding = PromptEmbedding(torch.randn(1, 7, config.joint_attention_dim, generator=generator),
+                                torch.randn(1, config.pooled_projection_dim, generator=generator))
+    transformer.zero_grad(set_to_none=True)
+    family.predict(transformer, noisy, torch.tensor([500.0]), embedding, 16 * size).pow(2).mean().backward()
+
+
+def test_checkpointed_inputs_leave_device_memory():
+    """Each block's hidden states (tokens x width) leave the device between the forward and the block's recompute:
+    the peak falls by at least all but two blocks' worth."""
+    from benchmarks.device_emulation import DeviceBytes
+
+    peaks = {}
+    for offload in (False, True):
+        family, transformer = _deeper_tiny_flux()
+        if offload:
+            transformer.enable_gradient_checkpointing(EmulatedOffload(torch.device("cpu")).checkpoint)
+        meter = DeviceBytes()
+        meter.add_module(transformer)
+        with meter:
+            _large_step(family, transformer)
+            meter.reset_peak()
+            _large_step(family, transformer)
+        peaks[offload] = meter.peak
+    hidden_bytes = 48 * 48 * transformer.inner_dim * 4  # image tokens x width, fp32
+    blocks = len(family.swappable_blocks(transformer))
+    assert peaks[False] - peaks[True] >= (blocks - 2) * hidden_bytes, (peaks, hidden_bytes)
+
+
+def test_offloading_needs_checkpointing():
+    with pytest.raises(ConfigError, match="gradient_checkpointing=true"):
+        check_activation_offload(tiny_config("lora", offload_activations=True, gradient_checkpointing=False))
+    check_activation_offload(tiny_config("lora", offload_activations=True, gradient_checkpointing=True))
