@@ -8,9 +8,9 @@ plus a fixed allowance for the CUDA context, workspaces and allocator slack.
 Nothing here loads weights: a denoiser's shape comes from ``studio/memory_shapes.py`` (its ``config.json``
 on the meta device, or the tables of published architectures).
 
-Measured and predicted: the activations and the NF4 overhead below were measured on an H200; the fp8
-overhead and the block-swap figures are predicted from the shapes (``python -m benchmarks.lowvram_memory``
-measures them on a GPU). Block swapping (``blocks_to_swap``) takes the swapped blocks' frozen weights off
+Measured: the activations below on an H200 (bf16) or on the CPU (dry compute); the quantized-layer overhead, block
+swapping's buffer and activation offloading's saving on the emulated CUDA device (``benchmarks/device_emulation.py``,
+checked against the H200's figures). Block swapping (``blocks_to_swap``) takes the swapped blocks' frozen weights off
 the device and adds a buffer of two of them (the block computing and the one being copied in).
 
 When the run will not fit, :func:`plan_memory` names settings that would make it fit (found by trying
@@ -51,11 +51,16 @@ ACTIVATIONS = {
     "sd15": (512, 0.38, 1.19),            # memory.json (dry compute, bf16 frozen weights)
     "sdxl": (1024, 0.79, 8.05),           # memory.json / memory_sdxl_nogc.json
 }
-# A quantized base's step held more than floor + activations on the H200 (NF4, LoRA r=16, 1024 px, gradient
-# checkpointing; benchmarks/qlora_memory.py): measured peak − (weights + gradients + optimizer state + the
-# unquantized run's activations). Not proportional to one layer's dequantized weight (Flux's largest is
-# 0.1 GiB); int8 and the other architectures are not measured: the larger figure stands in for them.
-QUANTIZED_OVERHEAD_GIB = {"flux-dev": 2.26, "sd35-medium": 1.29}
+# A quantized base holds one layer's weight dequantized (NF4, int8) or upcast (fp8) at a time beside its parts: the
+# layer computing, in the compute dtype. Measured on the emulated device (benchmarks/lowvram_memory.py --emulate,
+# results/lowvram_memory_emulated.json): NF4 and fp8 steps hold the bf16 step's activations and nothing more but
+# that layer. (The H200's NF4 runs held 1.3-2.3 GiB more: bitsandbytes answered in fp32 under autocast, which made the
+# residual stream fp32; fixed in trainers/quantize.py.)
+QUANTIZED_LAYERS_HELD = 1
+# offload_activations: the checkpointed blocks' inputs (GiB at the reference resolution, batch 1) that leave the
+# device, measured on the emulated device as the peak's fall (flux-dev, sd35-medium); sd35-large scaled from medium
+# by width x blocks. Denoisers not listed (UNets) are not counted: the plan keeps their activations whole.
+OFFLOADED_INPUTS = {"flux-dev": (1024, 1.44), "sd35-medium": (1024, 0.135), "sd35-large": (1024, 0.135 * 2432 * 38 / (1536 * 24))}
 SWAP_BUFFER_BLOCKS = 2  # block swapping: the block computing and the next one arriving (trainers/block_swap.py)
 SWAP_AUTO = "fewest"  # a suggestion's blocks_to_swap before it is sized
 
@@ -101,7 +106,8 @@ class Plan:
                     lines.append(f"  or ({other['peak_gib']:.1f} GiB): {change(other['settings'])}")
             else:
                 lines.append("No combination of the settings tried (gradient_checkpointing, mixed_precision, base_quantization, "
-                             "blocks_to_swap, optimizer, batch_size, resolution, lora_rank) makes it fit this device.")
+                             "offload_activations, blocks_to_swap, optimizer, batch_size, resolution, lora_rank) makes it "
+                             "fit this device.")
         lines += self.notes
         return "\n".join(lines)
 
@@ -143,12 +149,9 @@ def _frozen_bytes(params: int, linear: int, rows: int, quant: str, frozen: int) 
     return quantized_linear_bytes({"linear_params": linear, "linear_rows": rows}, quant, frozen) + (params - linear) * frozen
 
 
-def _quantized_overhead(inv: dict, quant: str, frozen: int) -> float:
-    """GiB a quantized step holds beyond its parts: NF4/int8 measured (QUANTIZED_OVERHEAD_GIB); fp8 predicted as
-    the upcast copy of the largest layer in the forward and again in the backward."""
-    if quant == "fp8":
-        return 2 * inv["largest_linear"] * frozen / GIB
-    return QUANTIZED_OVERHEAD_GIB.get(inv["activation_arch"], max(QUANTIZED_OVERHEAD_GIB.values()))
+def _quantized_overhead(inv: dict, frozen: int) -> float:
+    """GiB a quantized step holds beyond its parts: the largest layer dequantized or upcast (QUANTIZED_LAYERS_HELD)."""
+    return QUANTIZED_LAYERS_HELD * inv["largest_linear"] * frozen / GIB
 
 
 def swap_effective(config) -> bool:
@@ -175,8 +178,8 @@ def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[
         linear = quantized_linear_bytes(inv, quant, frozen)
         other = (inv["params"] - inv["linear_params"] + inv.get("buffers", 0)) * frozen
         parts["frozen denoiser"] = (linear + other) / GIB
-        if quant != "none":  # dequantization transients (NF4: measured on the H200, benchmarks/results/qlora_memory.json)
-            parts["quantized-layer overhead"] = _quantized_overhead(inv, quant, frozen)
+        if quant != "none":  # the layer computing, dequantized or upcast
+            parts["quantized-layer overhead"] = _quantized_overhead(inv, frozen)
         if swap_effective(config):  # block swapping: those blocks' frozen weights wait on the CPU
             swapped = [_frozen_bytes(p, lin, rows, quant, frozen) for p, lin, rows in swapped_blocks(inv, config.blocks_to_swap)]
             if swapped:
@@ -222,15 +225,18 @@ def predict(config, *, device_type: str = "cuda", described=None) -> tuple[dict[
     act = (with_ckpt if config.gradient_checkpointing else without) * pixels * batch * scale
     if mixed == "no":
         act *= FP32_ACTIVATION_FACTOR
+    if config.gradient_checkpointing and getattr(config, "offload_activations", False):
+        offloaded = OFFLOADED_INPUTS.get(inv["activation_arch"])  # type: ignore[arg-type]
+        if offloaded is None:
+            notes.append("Note: offload_activations is not counted for this denoiser (measured for Flux and SD3); the "
+                         "plan keeps its activations whole.")
+        else:
+            act = max(act - offloaded[1] * (config.resolution / offloaded[0]) ** 2 * batch * scale, 0.0)
     parts["activations"] = act
     if device_type == "cuda":
         parts["CUDA context and slack"] = CONTEXT_GIB
     if "note" in inv:
         notes.append(f"Note: {inv['note']}.")
-    unmeasured = [name for name, on in (("block swapping", "block-swap buffer" in parts), ("fp8", quant == "fp8")) if on]
-    if unmeasured and device_type == "cuda":
-        notes.append(f"Note: the {' and '.join(unmeasured)} figures are predicted from the model's shape, not yet measured "
-                     "on a GPU (python -m benchmarks.lowvram_memory measures them).")
     return parts, notes
 
 
@@ -299,6 +305,8 @@ def _candidates(config) -> list[dict[str, Any]]:
         out.append({"base_quantization": "nf4"})
     if config.sample_every or (config.validation and (config.checkpoint_every or config.validation_every)):
         out.append({"sample_every": 0, "validation": False})
+    if not getattr(config, "offload_activations", False):  # two copies of each block's input per step
+        out.append({"offload_activations": True} | ({} if config.gradient_checkpointing else {"gradient_checkpointing": True}))
     if adapter and not getattr(config, "blocks_to_swap", 0):  # slower steps (PCIe copies): after giving up samples
         out.append({"blocks_to_swap": SWAP_AUTO})  # the fewest blocks that make it fit (_suggest)
     if config.batch_size > 1:

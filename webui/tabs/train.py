@@ -22,7 +22,7 @@ ESTIMATE_INPUTS = ("steps", "base", "method", "resolution", "batch_size")  # wha
 # what the memory plan depends on (studio/memory_plan.py)
 PLAN_INPUTS = ("base", "method", "resolution", "batch_size", "gradient_checkpointing", "mixed_precision", "frozen_weights_dtype",
                "base_quantization", "optimizer", "lora_rank", "train_text_encoder", "prior_preservation", "cache_text_embeddings",
-               "cache_latents", "adapter_type", "blocks_to_swap", "sample_every", "validation")
+               "cache_latents", "adapter_type", "blocks_to_swap", "offload_activations", "sample_every", "validation")
 NO_RECIPE = "(defaults)"
 
 
