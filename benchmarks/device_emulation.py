@@ -83,6 +83,18 @@ class DeviceBytes(TorchDispatchMode):
         return out
 
 
+def second_step_peak(module: torch.nn.Module, step, host: list[torch.Tensor] = ()) -> int:
+    """The emulated device's peak bytes during the second of two calls of ``step()`` on ``module`` (the first makes
+    what a training step keeps from one to the next, such as optimizer state)."""
+    meter = DeviceBytes(host=host)
+    meter.add_module(module)
+    with meter:
+        step()
+        meter.reset_peak()
+        step()
+    return meter.peak
+
+
 _POLICY: torch.library.Library | None = None
 
 

@@ -3,6 +3,8 @@ device (benchmarks/device_emulation.py) the checkpointed blocks' inputs leave de
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -37,20 +39,14 @@ def _large_step(family, transformer, size: int = 48) -> None:
 def test_checkpointed_inputs_leave_device_memory():
     """Each block's hidden states (tokens x width) leave the device between the forward and the block's recompute:
     the peak falls by at least all but two blocks' worth."""
-    from benchmarks.device_emulation import DeviceBytes
+    from benchmarks.device_emulation import second_step_peak
 
     peaks = {}
     for offload in (False, True):
         family, transformer = _deeper_tiny_flux()
         if offload:
             transformer.enable_gradient_checkpointing(EmulatedOffload(torch.device("cpu")).checkpoint)
-        meter = DeviceBytes()
-        meter.add_module(transformer)
-        with meter:
-            _large_step(family, transformer)
-            meter.reset_peak()
-            _large_step(family, transformer)
-        peaks[offload] = meter.peak
+        peaks[offload] = second_step_peak(transformer, partial(_large_step, family, transformer))
     hidden_bytes = 48 * 48 * transformer.inner_dim * 4  # image tokens x width, fp32
     blocks = len(family.swappable_blocks(transformer))
     assert peaks[False] - peaks[True] >= (blocks - 2) * hidden_bytes, (peaks, hidden_bytes)

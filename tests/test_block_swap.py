@@ -5,6 +5,7 @@ computes (forward and the checkpointed backward) and at most two swapped blocks 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -130,7 +131,7 @@ def test_swapped_blocks_leave_device_memory_between_their_uses(kind):
     tensors the count ignores), swapping the last 4 of 6 blocks lowers a training step's peak by their weights
     less at most two blocks in flight. With bitsandbytes' own 4-bit node the NF4 step saved nothing: its graph
     kept every swapped block's device copy from the forward to the backward."""
-    from benchmarks.device_emulation import DeviceBytes, EmulatedSwapper
+    from benchmarks.device_emulation import EmulatedSwapper, second_step_peak
     from trainers.quantize import quant_state_tensors, quantize_module
 
     peaks, parked, largest = {}, 0, 0
@@ -145,13 +146,8 @@ def test_swapped_blocks_leave_device_memory_between_their_uses(kind):
             parked = swapper.swapped_bytes()
             largest = max(sum(t.numel() * t.element_size() for s in slots for t in [s.cpu, *quant_state_tensors(s.cpu_state)])
                           for slots in swapper.slots)
-        meter = DeviceBytes(host=list(swapper.hosts.values()) if swapper else [])
-        meter.add_module(transformer)
-        with meter:
-            _step(family, transformer)
-            meter.reset_peak()
-            _step(family, transformer)
-        peaks[swap] = meter.peak
+        hosts = list(swapper.hosts.values()) if swapper else []
+        peaks[swap] = second_step_peak(transformer, partial(_step, family, transformer), hosts)
     saved = peaks[0] - peaks[4]
     assert saved >= parked - 2 * largest, (kind, peaks, parked, largest)
     assert saved <= parked
