@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import torch
 from conftest import tiny_config
-from test_block_swap import _deeper_tiny_flux, _step
+from test_block_swap import _deeper_tiny_flux, _run, _step
 
 from benchmarks.device_emulation import EmulatedOffload
 from studio.errors import ConfigError
@@ -50,6 +50,16 @@ def test_checkpointed_inputs_leave_device_memory():
     hidden_bytes = 48 * 48 * transformer.inner_dim * 4  # image tokens x width, fp32
     blocks = len(family.swappable_blocks(transformer))
     assert peaks[False] - peaks[True] >= (blocks - 2) * hidden_bytes, (peaks, hidden_bytes)
+
+
+def test_run_with_offloading_trains_the_same_adapter(sample_subject, tmp_path):
+    """The trainer wires the setting into the denoiser's checkpointing: the same losses and adapter as without."""
+    _, plain_losses, plain = _run(sample_subject, tmp_path / "plain")
+    trainer, losses, offloaded = _run(sample_subject, tmp_path / "offload", offload_activations=True)
+    denoiser = trainer.components[trainer.family.denoiser_name]
+    assert isinstance(getattr(denoiser._gradient_checkpointing_func, "__self__", None), ActivationOffload)
+    assert losses == plain_losses and len(losses) == 6
+    assert offloaded.keys() == plain.keys() and all(torch.equal(offloaded[k], plain[k]) for k in plain)
 
 
 def test_offloading_needs_checkpointing():
