@@ -181,3 +181,26 @@ def test_checkpointing_drops_a_quantized_weight_between_forward_and_backward(kin
     assert copy_storage() is None, "the forward's graph still holds the released weight"
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8", "fp8"])
+def test_checkpointing_drops_what_a_quantized_layer_saw(kind):
+    """Gradient checkpointing must drop a quantized layer's input between the forward and the backward: bitsandbytes'
+    int8 node kept it as a plain attribute, so every int8 layer's input stayed as if nothing were checkpointed."""
+    import gc
+    import weakref
+
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    layer.requires_grad_(False)
+    quantize_module(layer, kind, compute_dtype=torch.float32, device=torch.device("cpu"))
+    seen = []
+    layer[0].register_forward_pre_hook(lambda _m, args: seen.append(weakref.ref(args[0].untyped_storage())))
+    x = torch.randn(8, 64, requires_grad=True)
+    out = checkpoint(lambda t: layer(t * 2), x, use_reentrant=False)  # the layer's input exists only inside
+    gc.collect()
+    assert seen and seen[0]() is None, "the forward's graph still holds the layer's input"
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -124,6 +124,30 @@ class _Matmul4bit(torch.autograd.Function):
         return grad_x, None, None, None, *(None for _ in tensors)
 
 
+class _Matmul8bit(torch.autograd.Function):
+    """bitsandbytes' int8 matmul with the int8 weight and its row scales saved through ``save_for_backward``.
+
+    bitsandbytes' own node keeps the layer's *input* as a plain attribute (for a weight gradient a frozen base never
+    needs), which gradient checkpointing cannot drop: every int8 layer's input stayed from the forward to the
+    backward, as if nothing were checkpointed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, scales, bias, state):
+        import bitsandbytes as bnb
+
+        ctx.save_for_backward(weight, scales)
+        return bnb.matmul(x, weight, bias=bias, state=state)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scales = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            full = weight.to(grad.dtype, copy=True).mul_(scales.unsqueeze(1).mul(1.0 / 127.0).to(grad.dtype))
+            grad_x = torch.matmul(grad, full)
+        return grad_x, None, None, None, None
+
+
 @functools.cache
 def _bitsandbytes_layers() -> dict[str, type]:
     import bitsandbytes as bnb
@@ -142,7 +166,15 @@ def _bitsandbytes_layers() -> dict[str, type]:
             return answer.to(answer_dtype)
 
     class Linear8bitLt(AnswersInAutocastDtype, bnb.nn.Linear8bitLt):
-        """int8 weights (bitsandbytes), answering in the autocast dtype."""
+        """int8 weights (bitsandbytes), answering in the autocast dtype; the matmul's saved tensors are checkpointable."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.autocast_input(x)
+            self.state.is_training = self.training
+            if self.weight.CB is not None:
+                self.init_8bit_state()
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return _Matmul8bit.apply(x, self.state.CB, self.state.SCB, bias, self.state)
 
     return {"nf4": Linear4bit, "int8": Linear8bitLt}
 
