@@ -210,7 +210,7 @@ def _built_emulated(model: str, kind: str, swap: int):
 @contextmanager
 def _as_on_the_h200(variant: str) -> Iterator[None]:
     """For "h200-era" rows: quantized layers answer in their input's dtype, as bitsandbytes' own did in that run."""
-    from trainers.quantize import AnswersInAutocastDtype
+    from trainers.bitsandbytes_layers import AnswersInAutocastDtype
 
     if variant != "h200-era":
         yield
@@ -234,8 +234,8 @@ def _offloading(variant: str, device: torch.device, emulate: bool):
 
 
 def _quantized_layers(denoiser: torch.nn.Module) -> int:
+    from trainers.bitsandbytes_layers import AnswersInAutocastDtype
     from trainers.fp8 import Float8Linear
-    from trainers.quantize import AnswersInAutocastDtype
 
     return sum(isinstance(m, AnswersInAutocastDtype | Float8Linear) for m in denoiser.modules())
 

@@ -55,7 +55,7 @@ ACTIVATIONS = {
 # layer computing, in the compute dtype. Measured on the emulated device (benchmarks/lowvram_memory.py --emulate,
 # results/lowvram_memory_emulated.json): NF4 and fp8 steps hold the bf16 step's activations and nothing more but
 # that layer. (The H200's NF4 runs held 1.3-2.3 GiB more: bitsandbytes answered in fp32 under autocast, which made the
-# residual stream fp32; fixed in trainers/quantize.py.)
+# residual stream fp32; fixed in trainers/bitsandbytes_layers.py.)
 QUANTIZED_LAYERS_HELD = 1
 # offload_activations: the checkpointed blocks' inputs (GiB at the reference resolution, batch 1) that leave the
 # device, measured on the emulated device as the peak's fall (flux-dev, sd35-medium); sd35-large scaled from medium

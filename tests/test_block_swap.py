@@ -132,7 +132,8 @@ def test_swapped_blocks_leave_device_memory_between_their_uses(kind):
     less at most two blocks in flight. With bitsandbytes' own 4-bit node the NF4 step saved nothing: its graph
     kept every swapped block's device copy from the forward to the backward."""
     from benchmarks.device_emulation import EmulatedSwapper, second_step_peak
-    from trainers.quantize import quant_state_tensors, quantize_module
+    from trainers.bitsandbytes_layers import quant_state_tensors
+    from trainers.quantize import quantize_module
 
     peaks, parked, largest = {}, 0, 0
     for swap in (0, 4):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from studio.errors import ConfigError
-from trainers.quantize import quant_state_tensors, quant_state_with
+from trainers.bitsandbytes_layers import quant_state_tensors, quant_state_with
 
 
 def check_block_swap(config) -> None:
