@@ -224,9 +224,9 @@ def _emulated_rows() -> list[dict]:
                          ids=lambda r: f"{r['model']}-{r['quantization']}-swap{r['blocks_to_swap']}-{r['variant'] or 'plain'}")
 def test_prediction_reproduces_the_emulated_peaks(row):
     """LoRA r=16 at 1024 px, quantized, block-swapped and/or offloaded, on the emulated CUDA device
-    (benchmarks/lowvram_memory.py --emulate): the plan's step peak without the context allowance is within 5 %, or
-    for a swapped row within 6 % and not below (the plan keeps two blocks in flight; SD3.5 medium's peak came with
-    1.2 blocks' worth, Flux's with 2)."""
+    (benchmarks/lowvram_memory.py --emulate): the plan's step peak without the context allowance is within 5 %. For
+    a swapped row it is not below, and above by at most its block-swap buffer: the plan keeps two of the largest
+    swapped blocks in flight, an upper bound (at the step's peak the measured rows held one to two blocks' worth)."""
     base = {v: k for k, v in memory_plan.HUB_IDS.items()}[row["model"]]
     config = load_config(None, {"method": "lora", "base": base, "resolution": 1024, "lora_rank": 16, "lora_alpha": 16,
                                 "mixed_precision": "bf16", "optimizer": "adamw", "gradient_checkpointing": True,
@@ -235,7 +235,7 @@ def test_prediction_reproduces_the_emulated_peaks(row):
     parts, _ = memory_plan.predict(config)
     plan = sum(v for k, v in parts.items() if k != "CUDA context and slack")
     if row["blocks_to_swap"]:
-        assert row["peak_gib"] * 0.98 <= plan <= row["peak_gib"] * 1.06
+        assert row["peak_gib"] * 0.98 <= plan <= row["peak_gib"] * 1.05 + parts["block-swap buffer"]
     else:
         assert plan == pytest.approx(row["peak_gib"], rel=0.05)
 
