@@ -3,7 +3,8 @@
 Setting ``base_quantization`` (none, int8, nf4, fp8), for LoRA and textual inversion. What changes and what does not:
 
 - Every ``nn.Linear`` of the frozen denoiser becomes a bitsandbytes layer (``Linear8bitLt`` without
-  fp16 weights, or ``Linear4bit`` with NF4 codes and double-quantized absmax), or for fp8 a
+  fp16 weights, or ``Linear4bit`` with NF4 codes and double-quantized absmax; Studio's subclasses in
+  ``trainers/bitsandbytes_layers.py`` answer in the autocast dtype and keep checkpointing effective), or for fp8 a
   :class:`trainers.fp8.Float8Linear` (torch's float8_e4m3fn, upcast one layer at a time), holding the
   same weights quantized. Inside a LoRA layer the quantized layer replaces peft's ``base_layer``; the adapter's
   ``lora_A``/``lora_B`` are untouched: fp32, trained by the same optimizer in fp32.
