@@ -21,7 +21,9 @@ autocast rule for norms, with swapped blocks parked on the meta device and the q
 block at a time (whole FLUX.1-dev runs in this machine's 24 GB). No step times or losses there (dry compute
 computes no values). Its ``h200-era`` rows rebuild the layers as the H200 run had them (bitsandbytes answering in
 its input's dtype) to check the emulation against that run's measured peaks. Results:
-``results/lowvram_memory_emulated.{json,md}`` (about 40 minutes on 2 cores).
+``results/lowvram_memory_emulated.{json,md}``: 1-2 minutes per SD3.5 medium row and 6-9 per FLUX.1-dev row on 2
+cores. Run the FLUX.1-dev rows one per process (``--only NAME --out DIR``, then merge): one process running them
+all keeps freed heap and ran out of 24 GB at the fp8 row. The int8 rows run out of 24 GB even alone (not measured).
 """
 
 from __future__ import annotations
