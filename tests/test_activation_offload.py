@@ -63,6 +63,10 @@ def test_run_with_offloading_trains_the_same_adapter(sample_subject, tmp_path):
 
 
 def test_offloading_needs_checkpointing():
-    with pytest.raises(ConfigError, match="gradient_checkpointing=true"):
+    from webui.messages import browser_text
+
+    with pytest.raises(ConfigError, match="gradient_checkpointing=true") as refused:
         check_activation_offload(tiny_config("lora", offload_activations=True, gradient_checkpointing=False))
+    browser = browser_text(refused.value)  # the Train tab's wording: its controls, no flag syntax
+    assert "tick 'Gradient checkpointing'" in browser and "untick 'Offload activations'" in browser and "=" not in browser
     check_activation_offload(tiny_config("lora", offload_activations=True, gradient_checkpointing=True))

@@ -20,7 +20,9 @@ from studio.errors import ConfigError
 def check_activation_offload(config) -> None:
     if getattr(config, "offload_activations", False) and not config.gradient_checkpointing:
         raise ConfigError("offload_activations=true moves what gradient checkpointing keeps to the CPU: it needs "
-                          "gradient_checkpointing=true (or set offload_activations=false).")
+                          "gradient_checkpointing=true (or set offload_activations=false).",
+                          browser="Offloading activations moves what gradient checkpointing keeps to the CPU: tick "
+                                  "gradient_checkpointing too, or untick offload_activations.")
 
 
 class ActivationOffload:
