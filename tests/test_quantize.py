@@ -3,6 +3,8 @@ adapter stays fp32 and its saved file is the one an unquantized run writes (same
 
 from __future__ import annotations
 
+import gc
+import weakref
 from copy import deepcopy
 
 import bitsandbytes as bnb
@@ -10,6 +12,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
+from torch.utils.checkpoint import checkpoint
 
 from studio.errors import ConfigError
 from trainers import METHODS
@@ -153,10 +156,6 @@ def test_checkpointing_drops_a_quantized_weight_between_forward_and_backward(kin
     """Block swapping relies on gradient checkpointing dropping what a block's forward saved: a swapped block's
     device copy must be freed once the block releases it, and come back through the recompute. bitsandbytes'
     own 4-bit node kept the packed weight until the backward (so every swapped NF4 block stayed on the device)."""
-    import weakref
-
-    from torch.utils.checkpoint import checkpoint
-
     torch.manual_seed(0)
     layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
     layer.requires_grad_(False)
@@ -175,8 +174,6 @@ def test_checkpointing_drops_a_quantized_weight_between_forward_and_backward(kin
     x = torch.randn(8, 64, requires_grad=True)
     out = checkpoint(layer, x, use_reentrant=False)
     install(resident)  # released after the forward; the recompute will read the resident tensor
-    import gc
-
     gc.collect()
     assert copy_storage() is None, "the forward's graph still holds the released weight"
     out.sum().backward()
@@ -187,11 +184,6 @@ def test_checkpointing_drops_a_quantized_weight_between_forward_and_backward(kin
 def test_checkpointing_drops_what_a_quantized_layer_saw(kind):
     """Gradient checkpointing must drop a quantized layer's input between the forward and the backward: bitsandbytes'
     int8 node kept it as a plain attribute, so every int8 layer's input stayed as if nothing were checkpointed."""
-    import gc
-    import weakref
-
-    from torch.utils.checkpoint import checkpoint
-
     torch.manual_seed(0)
     layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
     layer.requires_grad_(False)
@@ -204,3 +196,26 @@ def test_checkpointing_drops_what_a_quantized_layer_saw(kind):
     assert seen and seen[0]() is None, "the forward's graph still holds the layer's input"
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_studio_quantized_layer_gives_bitsandbytes_own_output_and_gradient(kind):
+    """Studio's layer runs bitsandbytes' matmul inside its own autograd function: the same output, and the gradient
+    reaching the input is the one bitsandbytes' own node gives (the dequantized weight's), not merely finite."""
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    layer.requires_grad_(False)
+    quantize_module(layer, kind, compute_dtype=torch.float32, device=torch.device("cpu"))
+    quantized = layer[0]
+    own = (bnb.nn.Linear4bit if kind == "nf4" else bnb.nn.Linear8bitLt).forward
+    grad_out = torch.randn(8, 32)
+    answers = []
+    for forward in (type(quantized).forward, own):
+        x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        out = forward(quantized, x)
+        out.backward(grad_out)
+        answers.append((out.detach(), x.grad))
+    (studio_out, studio_grad), (bnb_out, bnb_grad) = answers
+    assert torch.allclose(studio_out, bnb_out, atol=1e-5)
+    assert torch.allclose(studio_grad, bnb_grad, atol=1e-4, rtol=1e-3)
+    assert studio_grad.abs().sum() > 0
